@@ -1,0 +1,559 @@
+"""Configuration: YAML devices holding tasks, validated into frozen dataclasses.
+
+Every error names the file, the path to the field (``devices[0].tasks[1].incoming.port``) and what is
+wrong, in one line. Unknown keys are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+DEFAULT_INTERVAL = 300.0
+DEFAULT_COMPLETION_TIMEOUT = 120.0
+DEFAULT_EMAIL_TIMEOUT = 600.0
+MAX_EMAIL_TIMEOUT = 3600.0
+DEFAULT_POLL_INTERVAL = 5.0
+DEFAULT_MAX_IN_FLIGHT = 3
+
+
+class ConfigError(Exception):
+    """A configuration problem, already formatted as ``file: path: what is wrong``."""
+
+
+class Security(StrEnum):
+    TLS = "tls"  # implicit TLS from the first byte (465, 993, 995)
+    STARTTLS = "starttls"  # plain connect, then upgrade; refusing to go on without TLS
+    NONE = "none"  # clear text
+
+
+class Protocol(StrEnum):
+    IMAP = "imap"
+    POP3 = "pop3"
+
+
+class DNSMode(StrEnum):
+    DEVICE_CACHED = "device_cached"
+    NON_CACHED = "non_cached"
+    TTL_CACHED = "ttl_cached"
+    EXTERNAL = "external"
+    SYSTEM = "system"
+
+
+class Secret:
+    """A password that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    ca_file: str | None = None
+    # Loudly named on purpose: turning verification off must be visible in every config review.
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One leg's server: where to connect, how to secure it, and who to log in as."""
+
+    host: str
+    port: int
+    security: Security
+    tls: TLSOptions
+    user: str | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class IncomingConfig(ServerConfig):
+    protocol: Protocol = Protocol.IMAP
+    mailbox: str = "INBOX"
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+
+
+@dataclass(frozen=True)
+class DNSHost:
+    address: str
+    name: str
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    mode: DNSMode = DNSMode.DEVICE_CACHED
+    servers: tuple[tuple[str, int], ...] = ()
+    hosts: tuple[DNSHost, ...] = ()
+    timeout: float | None = None  # per query; bounded by the completion timeout anyway
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    destination: str
+    sender: str
+    smtp: ServerConfig
+    incoming: IncomingConfig
+    completion_timeout: float = DEFAULT_COMPLETION_TIMEOUT
+    email_timeout: float = DEFAULT_EMAIL_TIMEOUT
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    dns_mode: DNSMode | None = None  # overrides the device's mode
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    interval: float
+    dns: DNSConfig
+    tasks: tuple[TaskConfig, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    devices: tuple[DeviceConfig, ...]
+    source: str = "<config>"
+
+    def tasks(self) -> list[tuple[DeviceConfig, TaskConfig]]:
+        return [(device, task) for device in self.devices for task in device.tasks]
+
+
+# --- parsing helpers ---------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ADDRESS = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+$")
+_HOST = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?\.?$")
+
+
+class _Node:
+    """A mapping being read, remembering its path so errors can name the field."""
+
+    def __init__(self, data: Any, path: str, source: str) -> None:
+        self.path = path
+        self.source = source
+        if not isinstance(data, Mapping):
+            raise self.error(f"must be a mapping, got {_kind(data)}")
+        self.data: Mapping[str, Any] = data
+        self.used: set[str] = set()
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        where = self.child_path(key) if key is not None else self.path
+        return ConfigError(f"{self.source}: {where or '<top level>'}: {message}")
+
+    def child_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, convert: Callable[[Any], T], default: T) -> T:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            return default
+        try:
+            return convert(self.data[key])
+        except ValueError as exc:
+            raise self.error(str(exc), key) from None
+
+    def require(self, key: str, convert: Callable[[Any], T]) -> T:
+        if key not in self.data or self.data[key] is None:
+            raise self.error("is required", key)
+        value: T = self.get(key, convert, None)  # type: ignore[assignment]
+        return value
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def child(self, key: str) -> _Node:
+        self.used.add(key)
+        return _Node(self.data.get(key) or {}, self.child_path(key), self.source)
+
+    def children(self, key: str) -> list[_Node]:
+        self.used.add(key)
+        items = self.data.get(key) or []
+        if not isinstance(items, list):
+            raise self.error(f"must be a list, got {_kind(items)}", key)
+        return [_Node(item, f"{self.child_path(key)}[{i}]", self.source) for i, item in enumerate(items)]
+
+    def finish(self) -> None:
+        unknown = sorted(set(map(str, self.data)) - self.used)
+        if unknown:
+            raise self.error(f"unknown key {unknown[0]!r}", None)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", dict: "a mapping", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError(f"must be a string, got {_kind(value)}")
+    text = str(value)
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError("must not contain CR, LF or NUL")
+    return text
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if not _NAME.match(text):
+        raise ValueError(f"{text!r} is not a valid name (letters, digits, '_', '.', '-'; at most 63)")
+    return text
+
+
+def _address(value: Any) -> str:
+    text = _string(value)
+    if not _ADDRESS.match(text):
+        raise ValueError(f"{text!r} is not an e-mail address")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"on", "off", "yes", "no", "true", "false"}:
+        return value.lower() in {"on", "yes", "true"}
+    raise ValueError(f"must be true/false (or on/off), got {value!r}")
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"must be a port number 1..65535, got {value!r}")
+    return value
+
+
+def parse_duration(value: Any, bare_unit: str = "s") -> float:
+    """``90s``, ``10m``, ``1h30m``, ``500ms``; a bare number counts in ``bare_unit``."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a duration like '90s' or '10m', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value) * _UNIT_SECONDS[bare_unit]
+    elif isinstance(value, str) and value and _DURATION_PART.sub("", value.strip()) == "":
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        raise ValueError(f"must be a duration like '90s' or '10m', got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"must be longer than zero, got {value!r}")
+    return seconds
+
+
+def _duration(bare_unit: str, maximum: float | None = None) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        seconds = parse_duration(value, bare_unit)
+        if maximum is not None and seconds > maximum:
+            raise ValueError(f"must be at most {maximum:g}s, got {value!r}")
+        return seconds
+
+    return convert
+
+
+def _host(value: Any) -> str:
+    text = _string(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _HOST.match(text):
+        raise ValueError(f"{text!r} is not a host name or IP address")
+    return text
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{text!r} is not host[:port]")
+        return host, _port_text(rest[1:]) if rest else None
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, _port_text(port)
+    return text, None
+
+
+def _port_text(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"port {text!r} is not a number")
+    return _port(int(text))
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def _read_secret(node: _Node, base_dir: Path) -> Secret | None:
+    sources = [key for key in ("password", "password_env", "password_file") if node.has(key)]
+    if len(sources) > 1:
+        raise node.error(f"give only one of password, password_env, password_file (got {', '.join(sources)})")
+    if not sources:
+        return None
+    key = sources[0]
+    text = node.get(key, _string, "")
+    if key == "password":
+        return Secret(text)
+    if key == "password_env":
+        if text not in os.environ:
+            raise node.error(f"environment variable {text!r} is not set", key)
+        return Secret(os.environ[text])
+    path = base_dir / text
+    try:
+        return Secret(path.read_text().rstrip("\r\n"))
+    except OSError as exc:
+        raise node.error(f"cannot read {str(path)!r}: {exc.strerror}", key) from None
+
+
+# --- legs --------------------------------------------------------------------------------------
+
+_WELL_KNOWN = {
+    # leg: (implicit TLS port, STARTTLS/plain port)
+    "smtp": (465, 587),
+    "imap": (993, 143),
+    "pop3": (995, 110),
+}
+_IMPLICIT_PORTS = {465, 993, 995}
+
+
+def _security(node: _Node, kind: str, port: int | None) -> Security:
+    """Explicit ``security``, else the product's ``ssl`` on/off, else derived from the port."""
+    if node.has("security") and node.has("ssl"):
+        raise node.error("give either security or ssl, not both")
+    if node.has("security"):
+        return node.get("security", _enum(Security), Security.STARTTLS)
+    if node.has("ssl"):
+        if not node.get("ssl", _bool, True):
+            return Security.NONE
+        return Security.STARTTLS if port is not None and port not in _IMPLICIT_PORTS else Security.TLS
+    if port is None:
+        return Security.TLS if kind != "smtp" else Security.STARTTLS
+    return Security.TLS if port in _IMPLICIT_PORTS else Security.STARTTLS
+
+
+def _enum(kind: type[StrEnum]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        try:
+            return kind(_string(value).lower())
+        except ValueError:
+            choices = "|".join(member.value for member in kind)
+            raise ValueError(f"must be one of {choices}, got {value!r}") from None
+
+    return convert
+
+
+def _server_fields(node: _Node, kind: str, base_dir: Path) -> dict[str, Any]:
+    host_text = node.require("host", _string)
+    try:
+        host, port_in_host = split_host_port(host_text)
+        host = _host(host)
+    except ValueError as exc:
+        raise node.error(str(exc), "host") from None
+    port = node.get("port", _port, port_in_host)
+    if port_in_host is not None and node.has("port") and port != port_in_host:
+        raise node.error(f"port {port} contradicts the port in host {host_text!r}", "port")
+    security = _security(node, kind, port)
+    implicit, other = _WELL_KNOWN[kind]
+    if port is None:
+        port = implicit if security is Security.TLS else other
+        if kind == "smtp" and security is Security.NONE:
+            port = 25
+    tls = TLSOptions(
+        ca_file=node.get("ca_file", _existing_file(node, base_dir), None),
+        insecure_skip_verify=node.get("insecure_skip_verify", _bool, False),
+    )
+    user = node.get("user", _string, None)
+    password = _read_secret(node, base_dir)
+    if password is not None and user is None:
+        raise node.error("a password is given but no user", "user")
+    return {"host": host, "port": port, "security": security, "tls": tls, "user": user, "password": password}
+
+
+def _existing_file(node: _Node, base_dir: Path) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        path = base_dir / _string(value)
+        if not path.is_file():
+            raise ValueError(f"file {str(path)!r} does not exist")
+        return str(path)
+
+    return convert
+
+
+def _smtp(node: _Node, base_dir: Path) -> ServerConfig:
+    server = ServerConfig(**_server_fields(node, "smtp", base_dir))
+    node.finish()
+    return server
+
+
+def _incoming(node: _Node, base_dir: Path) -> IncomingConfig:
+    protocol = node.require("protocol", _enum(Protocol))
+    fields = _server_fields(node, protocol.value, base_dir)
+    if fields["user"] is None or fields["password"] is None:
+        raise node.error("user and a password (password, password_env or password_file) are required")
+    mailbox = node.get("mailbox", _string, "INBOX")
+    if protocol is Protocol.POP3 and mailbox != "INBOX":
+        raise node.error("POP3 has only the INBOX; remove mailbox", "mailbox")
+    incoming = IncomingConfig(
+        **fields,
+        protocol=protocol,
+        mailbox=mailbox,
+        poll_interval=node.get("poll_interval", _duration("s"), DEFAULT_POLL_INTERVAL),
+    )
+    node.finish()
+    return incoming
+
+
+# --- DNS (resolution itself lives in exporter.dns) ----------------------------------------------
+
+
+def _dns_server(value: Any) -> tuple[str, int]:
+    host, port = split_host_port(_string(value))
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"DNS server {value!r} must be an IP address[:port]") from None
+    return address, port or 53
+
+
+def _dns(node: _Node) -> DNSConfig:
+    hosts = []
+    for entry in node.children("hosts"):
+        address = entry.require("address", _string)
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise entry.error(f"{address!r} is not an IP address", "address") from None
+        hosts.append(DNSHost(address=address, name=entry.require("name", _host).rstrip(".").lower()))
+        entry.finish()
+    node.used.add("servers")
+    servers_raw = node.data.get("servers") or []
+    if not isinstance(servers_raw, list):
+        raise node.error(f"must be a list, got {_kind(servers_raw)}", "servers")
+    servers = []
+    for i, raw in enumerate(servers_raw):
+        try:
+            servers.append(_dns_server(raw))
+        except ValueError as exc:
+            raise node.error(str(exc), f"servers[{i}]") from None
+    mode = node.get("mode", _enum(DNSMode), DNSMode.DEVICE_CACHED)
+    if mode is DNSMode.EXTERNAL and not servers:
+        raise node.error("mode external needs at least one entry in servers", "servers")
+    dns = DNSConfig(
+        mode=mode,
+        servers=tuple(servers),
+        hosts=tuple(hosts),
+        timeout=node.get("timeout", _duration("s"), None),
+    )
+    node.finish()
+    return dns
+
+
+# --- tasks and devices -------------------------------------------------------------------------
+
+
+def _task(node: _Node, base_dir: Path) -> TaskConfig:
+    name = node.require("name", _name)
+    destination = node.require("destination", _address)
+    smtp = _smtp(node.child("smtp"), base_dir) if node.has("smtp") else None
+    incoming = _incoming(node.child("incoming"), base_dir) if node.has("incoming") else None
+    if smtp is None:
+        raise node.error("is required", "smtp")
+    if incoming is None:
+        raise node.error("is required", "incoming")
+    default_sender = smtp.user if smtp.user and "@" in smtp.user else destination
+    task = TaskConfig(
+        name=name,
+        destination=destination,
+        sender=node.get("sender", _address, default_sender),
+        smtp=smtp,
+        incoming=incoming,
+        completion_timeout=node.get("completion_timeout", _duration("s"), DEFAULT_COMPLETION_TIMEOUT),
+        email_timeout=node.get("email_timeout", _duration("m", MAX_EMAIL_TIMEOUT), DEFAULT_EMAIL_TIMEOUT),
+        max_in_flight=node.get("max_in_flight", _positive_int, DEFAULT_MAX_IN_FLIGHT),
+        dns_mode=node.get("dns_mode", _enum(DNSMode), None),
+    )
+    node.finish()
+    return task
+
+
+def _device(node: _Node, base_dir: Path) -> DeviceConfig:
+    name = node.require("name", _name)
+    tasks_nodes = node.children("tasks")
+    if not tasks_nodes:
+        raise node.error("needs at least one task", "tasks")
+    tasks = tuple(_task(t, base_dir) for t in tasks_nodes)
+    _unique([t.name for t in tasks], tasks_nodes, "task")
+    device = DeviceConfig(
+        name=name,
+        interval=node.get("interval", _duration("s"), DEFAULT_INTERVAL),
+        dns=_dns(node.child("dns")),
+        tasks=tasks,
+    )
+    node.finish()
+    return device
+
+
+def _unique(names: list[str], nodes: list[_Node], what: str) -> None:
+    seen: set[str] = set()
+    for name, node in zip(names, nodes, strict=True):
+        if name in seen:
+            raise node.error(f"duplicate {what} name {name!r}", "name")
+        seen.add(name)
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    base = base_dir or Path.cwd()
+    root = _Node(data if data is not None else {}, "", source)
+    devices_nodes = root.children("devices")
+    if not devices_nodes:
+        raise root.error("needs at least one device", "devices")
+    devices = tuple(_device(d, base) for d in devices_nodes)
+    _unique([d.name for d in devices], devices_nodes, "device")
+    root.finish()
+    return Config(devices=devices, source=source)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {where}{problem}") from None
+    return parse_config(data, str(path), path.parent)

@@ -1,0 +1,252 @@
+"""The IMAP4 leg (aioimaplib): open an authenticated session, find probe letters by token, delete them.
+
+aioimaplib resolves and connects by itself and has no STARTTLS; we give it the socket we connected
+(DNS and connect are our own phases) and upgrade the transport with the event loop's start_tls.
+This relies on aioimaplib internals, which is why pyproject pins its version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import ssl
+from collections.abc import Awaitable, Collection, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import aioimaplib
+
+from exporter import net
+from exporter.config import IncomingConfig, Security
+from exporter.errors import AuthFailure, MailboxFailure, ProbeError, ProtocolFailure, ServerTimeout, TLSFailure
+from exporter.mailbox import FoundLetter
+from exporter.message import HEADER, Signer, header_token
+
+T = TypeVar("T")
+
+_FETCH_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({HEADER.upper()} SUBJECT MESSAGE-ID)])"
+_FETCH_START = re.compile(rb"^\d+ FETCH ")
+_UID = re.compile(rb"\bUID (\d+)")
+_INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
+
+
+class ImapSession:
+    """An authenticated IMAP session with the configured mailbox selected."""
+
+    snapshot = False  # a selected mailbox sees new mail on every command: no need to reconnect
+
+    def __init__(self, client: _SocketIMAP4, config: IncomingConfig, signer: Signer, address: str) -> None:
+        self._client = client
+        self._config = config
+        self._signer = signer
+        self.address = address
+        self.certificate_not_after: float | None = None
+
+    async def find(self, tokens: Collection[str]) -> list[FoundLetter]:
+        if not tokens:
+            return []
+        uids = await self._search(tokens)
+        if not uids:
+            return []
+        fetch = self._client.protocol.fetch(",".join(uids), _FETCH_ITEMS, by_uid=True)
+        response = await self._checked("UID FETCH", fetch)
+        return [letter for letter in self._parse_fetch(response.lines) if letter.token.value in tokens]
+
+    async def delete(self, letters: Collection[FoundLetter]) -> None:
+        if not letters:
+            return
+        uid_set = ",".join(letter.ref for letter in letters)
+        protocol = self._client.protocol
+        await self._checked("UID STORE", protocol.store(uid_set, "+FLAGS.SILENT", r"(\Deleted)", by_uid=True))
+        # Without UIDPLUS a plain EXPUNGE would also remove letters someone else marked \Deleted:
+        # we leave ours flagged rather than touch anything that is not provably ours.
+        if "UIDPLUS" in protocol.capabilities:
+            await self._checked("UID EXPUNGE", protocol.expunge(uid_set, by_uid=True))
+
+    async def close(self) -> None:
+        await self._client.discard(polite=True)
+
+    async def _search(self, tokens: Collection[str]) -> list[str]:
+        # SUBJECT search is the most widely supported; no CHARSET (Exchange and Yahoo reject "CHARSET utf-8").
+        criteria = _any_subject(sorted(tokens))
+        response = await self._checked("UID SEARCH", self._client.protocol.search(*criteria, charset=None, by_uid=True))
+        return [uid.decode() for line in response.lines if line.startswith(b"SEARCH") for uid in line.split()[1:]]
+
+    def _parse_fetch(self, lines: list[Any]) -> Iterator[FoundLetter]:
+        """FETCH responses arrive as a line with UID/INTERNALDATE, then the header literal."""
+        for line, literal in itertools.pairwise(lines):
+            if not isinstance(line, bytes) or not _FETCH_START.match(line):
+                continue
+            uid = _UID.search(line)
+            token = header_token(self._signer, bytes(literal))
+            if uid is None or token is None:
+                continue
+            yield FoundLetter(token=token, ref=uid.group(1).decode(), server_time=_internaldate(line))
+
+    async def _checked(self, command: str, operation: Awaitable[Any]) -> Any:
+        response = await self._client.run(command, operation)
+        if response.result != "OK":
+            raise MailboxFailure(f"{command} failed: {_text(response)}")
+        return response
+
+
+def _any_subject(tokens: list[str]) -> list[str]:
+    """``OR SUBJECT a OR SUBJECT b SUBJECT c``: one search for every token still awaited."""
+    if len(tokens) == 1:
+        return ["SUBJECT", aioimaplib.quoted(tokens[0])]
+    return ["OR", "SUBJECT", aioimaplib.quoted(tokens[0]), *_any_subject(tokens[1:])]
+
+
+def _internaldate(line: bytes) -> float | None:
+    match = _INTERNALDATE.search(line)
+    if match is None:
+        return None
+    try:
+        return parsedate_to_datetime(_rfc2822(match.group(1).decode())).timestamp()
+    except (ValueError, TypeError):
+        return None
+
+
+def _rfc2822(internaldate: str) -> str:
+    """IMAP's ``26-Nov-2026 12:00:00 +0000`` in the RFC 2822 shape the stdlib parses."""
+    day_month_year, _, rest = internaldate.strip().partition(" ")
+    return f"{day_month_year.replace('-', ' ')} {rest}"
+
+
+def _text(response: Any) -> str:
+    lines = [line for line in response.lines if isinstance(line, bytes)]
+    raw = lines[-1] if lines else b""
+    text = " ".join(raw.decode(errors="replace").split())
+    return "".join(c if c.isprintable() else "?" for c in text)[:300] or "no reason given"
+
+
+async def open_session(
+    config: IncomingConfig, connected: net.Connected, clock: net.PhaseClock, signer: Signer
+) -> ImapSession:
+    """TLS (implicit or STARTTLS), greeting, LOGIN and SELECT; the caller has connected the socket."""
+    implicit = config.security is Security.TLS
+    context = net.client_context(config.tls)
+    client = _SocketIMAP4(connected.sock, context if implicit else None, config.host, clock.limit)
+    try:
+        if implicit:
+            async with clock.phase("mailbox_tls"):
+                await client.handshake()
+        async with clock.phase("mailbox_login"):
+            await client.greeting()
+        if config.security is Security.STARTTLS:
+            async with clock.phase("mailbox_tls"):
+                await client.starttls(context, config.host)
+        session = ImapSession(client, config, signer, connected.address)
+        session.certificate_not_after = net.certificate_not_after(client.ssl_object())
+        async with clock.phase("mailbox_login", accumulate=True):
+            await _login(client, config)
+        return session
+    except BaseException:
+        await client.discard(polite=False)
+        raise
+
+
+async def _login(client: _SocketIMAP4, config: IncomingConfig) -> None:
+    assert config.user is not None and config.password is not None  # the config loader requires both
+    protocol = client.protocol
+    if "LOGINDISABLED" in protocol.capabilities:
+        raise AuthFailure("server refuses LOGIN on this connection (LOGINDISABLED: it wants TLS)")
+    response = await client.run("LOGIN", protocol.login(aioimaplib.quoted(config.user), config.password.reveal()))
+    # A rejected LOGIN does not raise in aioimaplib: the result says so.
+    if response.result != "OK":
+        raise AuthFailure(f"LOGIN rejected: {_text(response)}")
+    response = await client.run("SELECT", protocol.select(aioimaplib.quoted(config.mailbox)))
+    if response.result != "OK":
+        raise MailboxFailure(f"SELECT {config.mailbox!r} failed: {_text(response)}")
+
+
+class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
+    """aioimaplib's client over a socket we connected, with STARTTLS and fail-fast on connection loss."""
+
+    def __init__(self, sock: Any, ssl_context: ssl.SSLContext | None, host: str, timeout: float) -> None:
+        self._sock = sock
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        super().__init__(host=host, port=0, timeout=timeout, ssl_context=ssl_context, conn_lost_cb=self._lost)
+
+    def create_client(self, host: str, port: int, loop: Any, conn_lost_cb: Any = None, ssl_context: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.protocol = aioimaplib.IMAP4ClientProtocol(loop, conn_lost_cb)
+        self._client_task = loop.create_task(
+            loop.create_connection(
+                lambda: self.protocol,
+                sock=self._sock,
+                ssl=ssl_context,
+                server_hostname=host if ssl_context is not None else None,
+            )
+        )
+
+    def _lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def handshake(self) -> None:
+        try:
+            await self._client_task
+        except (ssl.SSLError, ssl.CertificateError, ConnectionError) as exc:
+            raise net.tls_failure(exc) from None
+
+    async def greeting(self) -> None:
+        await self.handshake()
+        await self.run("the greeting", self.protocol.wait("AUTH|NONAUTH"))
+
+    async def starttls(self, context: ssl.SSLContext, host: str) -> None:
+        protocol = self.protocol
+        if "STARTTLS" not in protocol.capabilities:
+            raise TLSFailure("server does not offer STARTTLS")
+        response = await self.run("STARTTLS", protocol.simple_command("STARTTLS"))
+        if response.result != "OK":
+            raise TLSFailure(f"STARTTLS refused: {_text(response)}")
+        loop = asyncio.get_running_loop()
+        try:
+            protocol.transport = await loop.start_tls(protocol.transport, protocol, context, server_hostname=host)
+        except (ssl.SSLError, ssl.CertificateError, ConnectionError) as exc:
+            raise net.tls_failure(exc) from None
+        # RFC 3501 6.2.1: capabilities learnt before TLS must be forgotten and asked again.
+        await self.run("CAPABILITY", protocol.capability())
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        transport = self.protocol.transport
+        return transport.get_extra_info("ssl_object") if transport is not None else None
+
+    async def run(self, command: str, operation: Awaitable[T]) -> T:
+        """Run one aioimaplib operation; a dropped connection ends it at once instead of at the timeout."""
+        task = asyncio.ensure_future(operation)
+        try:
+            await asyncio.wait([task, self._closed], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        except BaseException:
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()
+            raise ProtocolFailure(f"connection closed by the server during {command}")
+        try:
+            return task.result()
+        except ProbeError:
+            raise
+        except aioimaplib.CommandTimeout:
+            raise ServerTimeout(f"no answer to {command}") from None
+        except (aioimaplib.AioImapException, ValueError) as exc:
+            raise ProtocolFailure(f"{command} failed: {exc}") from None
+
+    async def discard(self, polite: bool) -> None:
+        """Close the session; LOGOUT only when the connection is healthy (after a timeout it is not)."""
+        transport = self.protocol.transport
+        if polite and transport is not None and not self._closed.done():
+            try:
+                async with asyncio.timeout(2):
+                    await self.protocol.logout()
+            except (TimeoutError, aioimaplib.AioImapException, OSError):
+                pass
+        for task in (*self.tasks, *self.protocol.tasks):
+            task.cancel()
+        if transport is not None:
+            transport.close()  # the transport owns the socket from here
+        else:
+            self._client_task.cancel()
+            self._sock.close()

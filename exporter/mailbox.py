@@ -1,0 +1,39 @@
+"""What the probe needs from a mailbox, whatever the protocol: find letters by token, delete them.
+
+imap.py and pop3.py implement MailboxSession; the probe only talks to this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from exporter.message import Token
+
+
+@dataclass(frozen=True)
+class FoundLetter:
+    token: Token  # verified: the letter is provably one of ours
+    ref: str  # IMAP UID or POP3 UIDL: stable across sessions
+    server_time: float | None = None  # the server's arrival time (INTERNALDATE, Received), Unix time
+
+
+class MailboxSession(Protocol):
+    """An open, authenticated mailbox. Every method runs inside a phase of the caller's PhaseClock."""
+
+    certificate_not_after: float | None
+    address: str  # the IP address connected to
+    snapshot: bool  # True when the session sees only mail present at login (POP3): reopen to poll
+
+    async def find(self, tokens: Collection[str]) -> list[FoundLetter]:
+        """Letters in the mailbox that carry one of ``tokens``, verified by their signature."""
+        ...
+
+    async def delete(self, letters: Collection[FoundLetter]) -> None:
+        """Delete exactly these letters (and nothing else)."""
+        ...
+
+    async def close(self) -> None:
+        """Log out politely; never raises."""
+        ...
