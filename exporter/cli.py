@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
+import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from exporter import __version__, logs
-from exporter.config import Config, ConfigError, load_config
-from exporter.dns import SystemResolver
+from aiohttp import web
+
+from exporter import __version__, keys, logs
+from exporter.config import Config, ConfigError, load_config, split_host_port
+from exporter.dns import DeviceRun
 from exporter.message import Signer
-from exporter.probe import ProbeResult, run_probe
+from exporter.probe import PHASES, ProbeResult, run_probe
+from exporter.service import Exporter
+from exporter.web import make_app
+
+log = logging.getLogger(__name__)
+DEFAULT_LISTEN = ":9925"
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -29,6 +37,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config.file", dest="config_file", default="config.yml", help="YAML config (default: %(default)s)")
     p.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config and exit 0/1")
     p.add_argument("--once", action="store_true", help="run every task once, print a per-phase report, exit")
+    p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
+                   help="address to serve metrics on (default: %(default)s, all interfaces)")
+    p.add_argument("--signing.key-file", dest="key_file", type=Path, default=keys.default_key_path(),
+                   help="key that signs probe letters, created on first start (default: %(default)s)")
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -46,21 +58,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config_check:
         print(f"{args.config_file}: ok ({len(config.tasks())} tasks in {len(config.devices)} devices)")
         return EXIT_OK
+    try:
+        signer = Signer(keys.load_or_create(args.key_file))
+        host, port = split_host_port(args.listen)
+    except (keys.SigningKeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.once:
-        results = asyncio.run(run_once(config))
+        results = asyncio.run(run_once(config, signer))
         print(render_report(results))
         return EXIT_OK if all(r.success for r in results) else EXIT_PROBE_FAILED
-    print("serving mode is not available yet; use --once", file=sys.stderr)
-    return EXIT_USAGE
+    if port is None:
+        print(f"error: --web.listen-address {args.listen!r} needs a port", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(serve(Exporter(Path(args.config_file), config, signer), host or None, port))
 
 
-async def run_once(config: Config) -> list[ProbeResult]:
+async def serve(exporter: Exporter, host: str | None, port: int) -> int:
+    runner = web.AppRunner(make_app(exporter), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        print(f"error: cannot listen on {host or '*'}:{port}: {exc.strerror}", file=sys.stderr)
+        await runner.cleanup()
+        return EXIT_USAGE
+    exporter.install_signal_handlers()
+    await exporter.start()
+    log.info("listening", extra={"address": f"{host or '*'}:{port}"})
+    await exporter.stopping.wait()
+    await exporter.stop()
+    await runner.cleanup()
+    return EXIT_OK
+
+
+async def run_once(config: Config, signer: Signer) -> list[ProbeResult]:
     """Every task once, all at the same time (they are independent round trips)."""
-    signer = Signer(secrets.token_bytes(32))
-    resolver = SystemResolver()
+    runs = {device.name: DeviceRun(device) for device in config.devices}
     return list(
         await asyncio.gather(
-            *(run_probe(device.name, task, signer, resolver.resolve) for device, task in config.tasks())
+            *(run_probe(device.name, task, signer, runs[device.name].resolver(task)) for device, task in config.tasks())
         )
     )
 
@@ -75,7 +112,8 @@ def _render_one(r: ProbeResult) -> str:
     if r.error:
         lines.append(f"   error: {r.error}")
     lines.append(f"   {'phase':<18}{'seconds':>10}")
-    for phase, seconds in r.phases.items():
+    for phase in (p for p in PHASES if p in r.phases):
+        seconds = r.phases[phase]
         leg = phase.split("_", 1)[0]
         note = "  (cache hit)" if phase.endswith("_dns") and r.dns_cached.get(leg) else ""
         lines.append(f"   {phase:<18}{seconds:>10.4f}{note}")

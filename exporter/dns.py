@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from exporter.config import DeviceConfig, TaskConfig
 from exporter.errors import DNSFailure
 
 
@@ -35,3 +37,14 @@ def _literal(host: str) -> str | None:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return None
+
+
+class DeviceRun:
+    """One run of a device's tasks: the scope in which device_cached answers are shared."""
+
+    def __init__(self, device: DeviceConfig) -> None:
+        self.device = device
+        self._system = SystemResolver()
+
+    def resolver(self, task: TaskConfig) -> Callable[[str], Awaitable[Resolution]]:
+        return self._system.resolve

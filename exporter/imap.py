@@ -70,8 +70,12 @@ class ImapSession:
     async def _search(self, tokens: Collection[str]) -> list[str]:
         # SUBJECT search is the most widely supported; no CHARSET (Exchange and Yahoo reject "CHARSET utf-8").
         criteria = _any_subject(sorted(tokens))
-        response = await self._checked("UID SEARCH", self._client.protocol.search(*criteria, charset=None, by_uid=True))
-        return [uid.decode() for line in response.lines if line.startswith(b"SEARCH") for uid in line.split()[1:]]
+        protocol = self._client.protocol
+        # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail.
+        await self._checked("NOOP", protocol.simple_command("NOOP"))
+        response = await self._checked("UID SEARCH", protocol.search(*criteria, charset=None, by_uid=True))
+        # aioimaplib gives the untagged "* SEARCH 1 2" as b"1 2"; the last line is the tagged status text.
+        return [word.decode() for line in response.lines[:-1] for word in line.split() if word.isdigit()]
 
     def _parse_fetch(self, lines: list[Any]) -> Iterator[FoundLetter]:
         """FETCH responses arrive as a line with UID/INTERNALDATE, then the header literal."""
@@ -199,7 +203,8 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         protocol = self.protocol
         if "STARTTLS" not in protocol.capabilities:
             raise TLSFailure("server does not offer STARTTLS")
-        response = await self.run("STARTTLS", protocol.simple_command("STARTTLS"))
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        response = await self.run("STARTTLS", protocol.execute(command))
         if response.result != "OK":
             raise TLSFailure(f"STARTTLS refused: {_text(response)}")
         loop = asyncio.get_running_loop()

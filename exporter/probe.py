@@ -22,6 +22,11 @@ from exporter.message import Signer, Token, build_letter
 log = logging.getLogger(__name__)
 
 Resolve = Callable[[str], Awaitable[Resolution]]
+# Every phase a probe can time, in the order a round trip goes through them.
+PHASES = (
+    "smtp_dns", "smtp_connect", "smtp_tls", "smtp_greeting", "smtp_auth", "smtp_submit",
+    "mailbox_dns", "mailbox_connect", "mailbox_tls", "mailbox_login", "mailbox_search", "mailbox_delete",
+)
 
 
 @dataclass
@@ -53,11 +58,28 @@ class ProbeResult:
 
 @dataclass
 class Mailbox:
-    """How to reach one mailbox; ``memo`` remembers POP3 letters already known not to be ours."""
+    """One task's mailbox, kept across probes.
+
+    ``memo`` remembers POP3 letters already known not to be ours; ``late`` holds the tokens of letters
+    that were accepted but not seen by their own probe (token -> acceptance time), so that a later
+    probe can recognise them when they do arrive, count them as late and clean them up.
+    """
 
     config: IncomingConfig
     signer: Signer
     memo: set[str] = field(default_factory=set)
+    late: dict[str, float] = field(default_factory=dict)
+    on_late: Callable[[FoundLetter, float], None] = lambda letter, accepted: None
+
+    def claim_late(self, letters: list[FoundLetter]) -> list[FoundLetter]:
+        """Take late letters out of ``late`` (once: concurrent probes may find the same one)."""
+        claimed = []
+        for letter in letters:
+            accepted = self.late.pop(letter.token.value, None)
+            if accepted is not None:
+                self.on_late(letter, accepted)
+                claimed.append(letter)
+        return claimed
 
     async def open(self, clock: net.PhaseClock, resolve: Resolve, result: ProbeResult) -> MailboxSession:
         connected = await connect_leg(clock, resolve, result, "mailbox", self.config.host, self.config.port)
@@ -98,6 +120,8 @@ async def run_probe(
         result.success = True
     except ProbeError as exc:
         result.reason, result.error = exc.reason, str(exc)
+        if result.accepted_wall is not None:
+            mailbox.late[token.value] = result.accepted_wall  # it may still arrive: recognise it then
     except Exception as exc:  # a bug or an unexpected library error must not kill the scheduler
         log.exception("probe %s/%s failed unexpectedly", device, task.name)
         result.reason, result.error = Reason.PROTOCOL, f"unexpected error: {type(exc).__name__}"
@@ -177,12 +201,15 @@ async def wait_for_letter(
             if session is None:
                 session = await mailbox.open(clock, resolve, result)
             async with clock.phase("mailbox_search"):
-                found = await session.find([token.value])
+                found = await session.find([token.value, *mailbox.late])
             seen = time.monotonic()
-            if found:
+            mine = [letter for letter in found if letter.token.value == token.value]
+            to_delete = mine + mailbox.claim_late([letter for letter in found if letter not in mine])
+            if to_delete:
                 async with clock.phase("mailbox_delete"):
-                    await session.delete(found)
-                return found[0], seen
+                    await session.delete(to_delete)
+            if mine:
+                return mine[0], seen
             if session.snapshot:
                 await session.close()
                 session = None

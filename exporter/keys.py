@@ -1,0 +1,49 @@
+"""The install's signing key: proves a letter in the mailbox was sent by this exporter.
+
+Generated on first start and kept in a file (0600), so letters of an earlier run (a crash, a restart
+while letters travelled) are still recognised as ours and can be cleaned up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+KEY_BYTES = 32
+
+
+class SigningKeyError(Exception):
+    """The key file exists but cannot be used."""
+
+
+def default_key_path() -> Path:
+    state = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=
+    base = Path(state) if state else Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state"))
+    return base / "mail-roundtrip-exporter" / "signing.key"
+
+
+def load_or_create(path: Path) -> bytes:
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        return _create(path)
+    except (OSError, ValueError) as exc:
+        raise SigningKeyError(f"{path}: cannot read the signing key: {exc}") from None
+    if len(key) < 16:
+        raise SigningKeyError(f"{path}: the signing key is shorter than 16 bytes")
+    return key
+
+
+def _create(path: Path) -> bytes:
+    key = secrets.token_bytes(KEY_BYTES)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key.hex() + "\n")
+    except FileExistsError:
+        return load_or_create(path)  # another process made it first: use theirs
+    except OSError as exc:
+        raise SigningKeyError(f"{path}: cannot create the signing key: {exc.strerror}") from None
+    return key

@@ -1,0 +1,62 @@
+"""The running exporter: config, scheduler and metrics registry, with reload and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from exporter.config import Config, ConfigError, load_config
+from exporter.message import Signer
+from exporter.metrics import ExporterCollector, ReloadStatus
+from exporter.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Exporter:
+    def __init__(self, config_path: Path, config: Config, signer: Signer) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.scheduler = Scheduler(signer)
+        self.reload_status = ReloadStatus()
+        self.registry = CollectorRegistry()
+        self.registry.register(ExporterCollector(self.scheduler.stats, self.reload_status))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._reload_lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.scheduler.apply(self.config)
+        log.info("exporter started", extra={"tasks": len(self.config.tasks()), "devices": len(self.config.devices)})
+
+    async def reload(self) -> str | None:
+        """Load the config file again; a bad one is rejected and the old one keeps running."""
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                self.reload_status.successful = False
+                log.error("config reload failed, keeping the running config", extra={"error": str(exc)})
+                return str(exc)
+            await self.scheduler.apply(config)
+            self.config = config
+            self.reload_status.successful = True
+            self.reload_status.last_success = time.time()
+            log.info("config reloaded", extra={"tasks": len(config.tasks())})
+            return None
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        log.info("exporter stopped")
