@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from exporter import imap, net, pop3, smtp
 from exporter.config import IncomingConfig, Protocol, TaskConfig
 from exporter.dns import Resolution
-from exporter.errors import ConnectFailure, DeliveryTimeout, ProbeError, ProtocolFailure, Reason
+from exporter.errors import ConnectFailure, DeliveryTimeout, DNSFailure, ProbeError, ProtocolFailure, Reason
 from exporter.mailbox import FoundLetter, MailboxSession
 from exporter.message import Signer, Token, build_letter
 
@@ -100,7 +100,7 @@ class Mailbox:
 async def connect_leg(
     clock: net.PhaseClock, resolve: Resolve, result: ProbeResult, leg: str, host: str, port: int
 ) -> net.Connected:
-    async with clock.phase(f"{leg}_dns"):
+    async with clock.phase(f"{leg}_dns", on_timeout=DNSFailure):
         resolution = await resolve(host)
     result.dns_cached[leg] = resolution.cached
     async with clock.phase(f"{leg}_connect", on_timeout=ConnectFailure):
