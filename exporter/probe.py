@@ -84,15 +84,12 @@ class Mailbox:
     async def open(self, clock: net.PhaseClock, resolve: Resolve, result: ProbeResult) -> MailboxSession:
         connected = await connect_leg(clock, resolve, result, "mailbox", self.config.host, self.config.port)
         result.mailbox_address = connected.address
-        try:
-            session: MailboxSession
-            if self.config.protocol is Protocol.POP3:
-                session = await pop3.open_session(self.config, connected, clock, self.signer, self.memo)
-            else:
-                session = await imap.open_session(self.config, connected, clock, self.signer)
-        except BaseException:
-            connected.sock.close()
-            raise
+        # open_session owns the socket from here: it closes it (or its transport) on failure.
+        session: MailboxSession
+        if self.config.protocol is Protocol.POP3:
+            session = await pop3.open_session(self.config, connected, clock, self.signer, self.memo)
+        else:
+            session = await imap.open_session(self.config, connected, clock, self.signer)
         result.mailbox_certificate_not_after = session.certificate_not_after
         return session
 
@@ -174,10 +171,7 @@ async def _send(
     connected = await connect_leg(clock, resolve, result, "smtp", task.smtp.host, task.smtp.port)
     result.smtp_address = connected.address
     letter = build_letter(token, task.sender, task.destination, device, task.name)
-    try:
-        receipt = await smtp.send_letter(task.smtp, connected, clock, letter, task.sender, task.destination)
-    finally:
-        connected.sock.close()
+    receipt = await smtp.send_letter(task.smtp, connected, clock, letter, task.sender, task.destination)
     result.smtp_reply = receipt.reply
     result.smtp_certificate_not_after = receipt.certificate_not_after
     result.accepted_wall = receipt.accepted_wall

@@ -71,6 +71,8 @@ async def send_letter(
         return Receipt(reply, time.monotonic(), time.time(), not_after)
     finally:
         await _quit(client)
+        if client.connected_at is None:
+            connected.sock.close()  # no transport took the socket over: it is still ours to close
 
 
 async def _open(client: _HandshakeTimedSMTP, config: ServerConfig, clock: net.PhaseClock) -> None:
@@ -80,13 +82,13 @@ async def _open(client: _HandshakeTimedSMTP, config: ServerConfig, clock: net.Ph
             async with _phase(clock, "smtp_tls", "the TLS handshake"):
                 await client.connect()
         except ProbeError as exc:
-            if client.handshake_done is not None and not isinstance(exc, TLSFailure):
+            if client.connected_at is not None and not isinstance(exc, TLSFailure):
                 exc.phase = "smtp_greeting"  # TLS was up: the banner is what failed
             raise
         # aiosmtplib's connect() does handshake and banner in one call: split it where the handshake ended.
-        if client.handshake_done is not None:
-            clock.durations["smtp_tls"] = client.handshake_done - start
-            clock.durations["smtp_greeting"] = time.monotonic() - client.handshake_done
+        if client.connected_at is not None:
+            clock.durations["smtp_tls"] = client.connected_at - start
+            clock.durations["smtp_greeting"] = time.monotonic() - client.connected_at
         async with _phase(clock, "smtp_greeting", "EHLO", accumulate=True):
             await client.ehlo()
         return
@@ -204,9 +206,10 @@ def _clean(text: str, limit: int = 300) -> str:
 
 
 class _HandshakeTimedSMTP(aiosmtplib.SMTP):
-    """Notes when the implicit-TLS handshake ends; aiosmtplib's connect() reports it with the banner."""
+    """Notes when the transport is up (for implicit TLS: the handshake ended); aiosmtplib's connect()
+    reports that only together with the banner."""
 
-    handshake_done: float | None = None
+    connected_at: float | None = None
 
     async def _create_connection(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (override)
         loop = self.loop
@@ -218,7 +221,7 @@ class _HandshakeTimedSMTP(aiosmtplib.SMTP):
 
 
 class _LoopWatch:
-    """Passes everything to the real loop; records when create_connection (TCP + TLS) finished."""
+    """Passes everything to the real loop; records when create_connection (on our socket, + TLS) finished."""
 
     def __init__(self, loop: Any, client: _HandshakeTimedSMTP) -> None:
         self._loop = loop
@@ -229,5 +232,5 @@ class _LoopWatch:
 
     async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
         result = await self._loop.create_connection(*args, **kwargs)
-        self._client.handshake_done = time.monotonic()
+        self._client.connected_at = time.monotonic()
         return result

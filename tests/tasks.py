@@ -1,0 +1,80 @@
+"""Build task configs that point at the test rig, so each test names only what it varies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.config import Config, TaskConfig, parse_config
+from exporter.dns import DeviceRun
+from exporter.message import Signer
+from exporter.probe import Mailbox, ProbeResult, run_probe
+from tests.rig import MailRig
+
+# SMTP legs of the rig: (port attribute, security, with AUTH)
+SMTP_LEGS = {
+    "smtp-plain": ("smtp", "none", False),
+    "smtp-starttls": ("smtp", "starttls", False),
+    "submission-starttls-auth": ("submission", "starttls", True),
+    "submissions-tls-auth": ("submissions", "tls", True),
+}
+MAILBOX_LEGS = {
+    "imap-plain": ("imap", "imap", "none"),
+    "imap-starttls": ("imap", "imap", "starttls"),
+    "imaps": ("imap", "imaps", "tls"),
+    "pop3-plain": ("pop3", "pop3", "none"),
+    "pop3-stls": ("pop3", "pop3", "starttls"),
+    "pop3s": ("pop3", "pop3s", "tls"),
+}
+
+
+def smtp_leg(rig: MailRig, kind: str, user: str, host: str = "localhost", **extra: Any) -> dict[str, Any]:
+    port_name, security, auth = SMTP_LEGS[kind]
+    leg: dict[str, Any] = {"host": f"{host}:{getattr(rig.ports, port_name)}", "security": security,
+                           "ca_file": str(rig.ca_file)}
+    if auth:
+        leg.update(user=rig.address(user), password=rig.password(user))
+    leg.update(extra)
+    return leg
+
+
+def mailbox_leg(rig: MailRig, kind: str, user: str, host: str = "localhost", **extra: Any) -> dict[str, Any]:
+    protocol, port_name, security = MAILBOX_LEGS[kind]
+    leg: dict[str, Any] = {
+        "protocol": protocol, "host": f"{host}:{getattr(rig.ports, port_name)}", "security": security,
+        "user": rig.address(user), "password": rig.password(user), "ca_file": str(rig.ca_file),
+        "poll_interval": "100ms",
+    }
+    leg.update(extra)
+    return leg
+
+
+def task_dict(rig: MailRig, user: str, smtp: str = "submission-starttls-auth", mailbox: str = "imaps",
+              name: str = "t", **extra: Any) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "name": name,
+        "destination": rig.address(user),
+        "completion_timeout": "10s",
+        "email_timeout": "15s",
+        "smtp": smtp_leg(rig, smtp, user),
+        "incoming": mailbox_leg(rig, mailbox, user),
+    }
+    task.update(extra)
+    return task
+
+
+def config_of(*tasks: dict[str, Any], device: str = "rig", **device_extra: Any) -> Config:
+    return parse_config({"devices": [{"name": device, "tasks": list(tasks), **device_extra}]})
+
+
+def task_of(task: dict[str, Any]) -> TaskConfig:
+    return config_of(task).tasks()[0][1]
+
+
+SIGNER = Signer(b"tests-signing-key-0123456789abcdef")
+
+
+async def probe_once(task: dict[str, Any], mailbox: Mailbox | None = None) -> ProbeResult:
+    """One round trip of a single-task config, as the scheduler would run it."""
+    config = config_of(task)
+    device, task_config = config.tasks()[0]
+    return await run_probe(device.name, task_config, SIGNER, DeviceRun(device).resolver(task_config), mailbox)
