@@ -136,7 +136,7 @@ async def open_session(
         if implicit:
             async with clock.phase("mailbox_tls"):
                 await client.handshake()
-        async with clock.phase("mailbox_login"):
+        async with clock.phase("mailbox_login", hint="" if implicit else net.GREETING_HINT):
             await client.greeting()
         if config.security is Security.STARTTLS:
             async with clock.phase("mailbox_tls"):

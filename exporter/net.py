@@ -30,7 +30,7 @@ class PhaseClock:
 
     @contextlib.asynccontextmanager
     async def phase(
-        self, name: str, on_timeout: type[ProbeError] = ServerTimeout, accumulate: bool = False
+        self, name: str, on_timeout: type[ProbeError] = ServerTimeout, accumulate: bool = False, hint: str = ""
     ) -> AsyncIterator[None]:
         """Time one phase. ``accumulate`` adds to an earlier run of the same phase (EHLO after STARTTLS);
         otherwise the last run counts: for repeated searches, the one that found the letter."""
@@ -40,12 +40,16 @@ class PhaseClock:
             async with asyncio.timeout(self.limit):
                 yield
         except TimeoutError:
-            raise on_timeout(f"no answer within {self.limit:g}s", phase=name) from None
+            raise on_timeout(f"no answer within {self.limit:g}s{hint}", phase=name) from None
         except ProbeError as exc:
             exc.phase = exc.phase or name
             raise
         finally:
             self.durations[name] = earlier + time.monotonic() - start
+
+
+# A clear-text client on an implicit-TLS port waits for a greeting that never comes: say so.
+GREETING_HINT = " (waiting for the greeting: if this port speaks TLS from the start, set security: tls)"
 
 
 @dataclass(frozen=True)

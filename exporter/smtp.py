@@ -92,7 +92,7 @@ async def _open(client: _HandshakeTimedSMTP, config: ServerConfig, clock: net.Ph
         async with _phase(clock, "smtp_greeting", "EHLO", accumulate=True):
             await client.ehlo()
         return
-    async with _phase(clock, "smtp_greeting", "the greeting"):
+    async with _phase(clock, "smtp_greeting", "the greeting", hint=net.GREETING_HINT):
         await client.connect()
         await client.ehlo()
     if config.security is Security.STARTTLS:
@@ -142,10 +142,10 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
 
 @contextlib.asynccontextmanager
 async def _phase(
-    clock: net.PhaseClock, name: str, command: str, accumulate: bool = False
+    clock: net.PhaseClock, name: str, command: str, accumulate: bool = False, hint: str = ""
 ) -> AsyncIterator[None]:
     """A timed phase whose aiosmtplib errors become probe failures naming the command."""
-    async with clock.phase(name, accumulate=accumulate):
+    async with clock.phase(name, accumulate=accumulate, hint=hint):
         try:
             yield
         except ProbeError:

@@ -1,0 +1,117 @@
+"""Small misbehaving servers on loopback, for fault tests of every leg (SMTP, IMAP, POP3).
+
+``serve(handler)`` listens on 127.0.0.1, port 0, and runs ``handler(peer)`` for each connection. The
+handler scripts the server's side of the conversation with ``Peer``, which records every byte the
+client sent, so a test can check what did (or did not) reach the server. Tests synchronise on
+protocol events (a line arriving, the client hanging up), never on sleeps.
+
+On leaving ``serve`` every handler still running is cancelled, and the first exception a handler
+raised (other than the client hanging up) is raised in the test, so a broken script cannot pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from exporter import net
+from exporter.errors import ConnectFailure
+
+Handler = Callable[["Peer"], Awaitable[None]]
+
+# The client going away is what many fault tests provoke: not a failure of the script.
+_HANGUPS = (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError)
+
+
+class Peer:
+    """The server's end of one accepted connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.received = bytearray()  # everything the client sent, in order
+        self.lines: list[bytes] = []  # what line() returned, without line endings
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def line(self) -> bytes:
+        """The client's next line without its line ending; b"" once the client has hung up."""
+        raw = await self.reader.readline()
+        self.received += raw
+        line = raw.rstrip(b"\r\n")
+        if raw:
+            self.lines.append(line)
+        return line
+
+    async def until_eof(self) -> bytes:
+        """Read until the client closes the connection (or aborts it); what it sent meanwhile."""
+        data = bytearray()
+        with contextlib.suppress(*_HANGUPS):
+            while chunk := await self.reader.read(65536):
+                data += chunk
+        self.received += data
+        return bytes(data)
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        await self.writer.start_tls(context)
+
+
+@dataclass
+class HostileServer:
+    port: int
+    host: str = "127.0.0.1"
+    peers: list[Peer] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def connect(self, clock: net.PhaseClock) -> net.Connected:
+        """A client connection as the probe makes one: inside the clock's mailbox_connect phase."""
+        async with clock.phase("mailbox_connect", on_timeout=ConnectFailure):
+            return await net.connect_any([self.host], self.port)
+
+    async def finished(self) -> None:
+        """Wait until every handler started so far has returned (the client's session is over)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler, *, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[HostileServer]:
+    """Run a server on 127.0.0.1 (an ephemeral port) whose every connection is handled by ``handler``."""
+    state: HostileServer | None = None
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert state is not None
+        task = asyncio.current_task()
+        assert task is not None
+        state._tasks.add(task)
+        peer = Peer(reader, writer)
+        state.peers.append(peer)
+        try:
+            await handler(peer)
+        except _HANGUPS:
+            pass
+        except Exception as exc:
+            state.errors.append(exc)
+        finally:
+            writer.transport.abort()
+            state._tasks.discard(task)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=ssl_context)
+    state = HostileServer(port=server.sockets[0].getsockname()[1])
+    try:
+        yield state
+    finally:
+        server.close()
+        tasks = list(state._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+    if state.errors:
+        raise state.errors[0]
