@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import os
 import socket
 import ssl
 import time
@@ -67,7 +68,8 @@ async def connect_any(addresses: Sequence[str], port: int) -> Connected:
         try:
             return Connected(await _connect_one(address, port), address)
         except OSError as exc:
-            errors.append(f"{format_address(address, port)}: {exc.strerror or exc}")
+            # asyncio's message ("Connect call failed ...") hides the errno's meaning: spell it out.
+            errors.append(f"{format_address(address, port)}: {os.strerror(exc.errno) if exc.errno else exc}")
     raise ConnectFailure("; ".join(errors))
 
 
