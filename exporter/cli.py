@@ -17,7 +17,7 @@ from exporter.config import Config, ConfigError, load_config, split_host_port
 from exporter.dns import DeviceRun
 from exporter.message import Signer
 from exporter.probe import PHASES, ProbeResult, run_probe
-from exporter.service import Exporter
+from exporter.service import Exporter, warn_unverified
 from exporter.web import make_app
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    warn_unverified(config)
     if args.config_check:
         print(f"{args.config_file}: ok ({len(config.tasks())} tasks in {len(config.devices)} devices)")
         return EXIT_OK

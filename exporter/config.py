@@ -142,6 +142,15 @@ class Config:
     def tasks(self) -> list[tuple[DeviceConfig, TaskConfig]]:
         return [(device, task) for device in self.devices for task in device.tasks]
 
+    def unverified_legs(self) -> list[str]:
+        """``device/task/leg`` of every leg whose certificate verification is turned off."""
+        return [
+            f"{device.name}/{task.name}/{leg}"
+            for device, task in self.tasks()
+            for leg, server in (("smtp", task.smtp), ("incoming", task.incoming))
+            if server.tls.insecure_skip_verify
+        ]
+
 
 # --- parsing helpers ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 from exporter.config import Config, DeviceConfig, TaskConfig
-from exporter.dns import DeviceRun
+from exporter.dns import DeviceRun, ResolverCache
 from exporter.mailbox import FoundLetter
 from exporter.message import Signer
 from exporter.metrics import TaskStats
@@ -128,9 +128,10 @@ class Scheduler:
         # Cycles are counted from the exporter's start, so a reload does not shift or repeat runs.
         elapsed = time.monotonic() - self._epoch - offset
         cycle = max(0, math.ceil(elapsed / device.interval))
+        ttl_cache = ResolverCache()  # ttl_cached answers outlive a run (not a reload: servers may change)
         while True:
             start = self._epoch + offset + cycle * device.interval
-            run = DeviceRun(device)
+            run = DeviceRun(device, ttl_cache)
             for index, runner in enumerate(runners):
                 await _sleep_until(start + index * device.interval / len(runners))
                 runner.launch(run)

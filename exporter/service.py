@@ -18,6 +18,11 @@ from exporter.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 
+def warn_unverified(config: Config) -> None:
+    for leg in config.unverified_legs():
+        log.warning("TLS certificate verification is OFF (insecure_skip_verify)", extra={"leg": leg})
+
+
 class Exporter:
     def __init__(self, config_path: Path, config: Config, signer: Signer) -> None:
         self.config_path = config_path
@@ -44,6 +49,7 @@ class Exporter:
                 self.reload_status.successful = False
                 log.error("config reload failed, keeping the running config", extra={"error": str(exc)})
                 return str(exc)
+            warn_unverified(config)
             await self.scheduler.apply(config)
             self.config = config
             self.reload_status.successful = True
