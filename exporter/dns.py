@@ -211,16 +211,18 @@ def _failure(
         servers = ", ".join(_server_text(ns) for ns in resolver.nameservers)
         return DNSFailure(f"{host}: timed out after {lifetime:g}s querying {servers}")
     if isinstance(error, dns.resolver.NoNameservers):
-        answers = "; ".join(f"{e[0]}:{e[2]}: {e[3]}" for e in error.kwargs.get("errors", []))
+        answers = "; ".join(f"{_server_text(str(e[0]))}: {e[3]}" for e in error.kwargs.get("errors", []))
         return DNSFailure(f"{host}: no server answered ({answers})")
     return DNSFailure(f"{host}: {error}")
 
 
 def _server_text(nameserver: str | dns.nameserver.Nameserver) -> str:
-    if isinstance(nameserver, dns.nameserver.Do53Nameserver):
-        address, port = nameserver.address, nameserver.port
+    """``127.0.0.1:53`` / ``[::1]:53``, as in the config, rather than dnspython's ``Do53:127.0.0.1@53``."""
+    text = str(nameserver)
+    if text.startswith("Do53:") and "@" in text:
+        address, port = text.removeprefix("Do53:").rsplit("@", 1)
         return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-    return str(nameserver)
+    return text
 
 
 # --- one device run ----------------------------------------------------------------------------

@@ -8,10 +8,11 @@ This relies on aioimaplib internals, which is why pyproject pins its version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 import ssl
-from collections.abc import Awaitable, Collection, Iterator
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -63,6 +64,26 @@ class ImapSession:
         # we leave ours flagged rather than touch anything that is not provably ours.
         if "UIDPLUS" in protocol.capabilities:
             await self._checked("UID EXPUNGE", protocol.expunge(uid_set, by_uid=True))
+
+    async def wait_for_change(self, seconds: float) -> None:
+        """Wait until the server pushes news (IDLE) or ``seconds`` pass; without IDLE, only wait.
+
+        With IDLE the letter is seen as soon as the server announces it, not at the next poll.
+        """
+        client = self._client
+        if "IDLE" not in client.protocol.capabilities:
+            await asyncio.sleep(seconds)
+            return
+        async with client.bounded("IDLE"):
+            idle = await client.run("IDLE", client.idle_start(timeout=seconds))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await client.run("IDLE", client.wait_server_push(timeout=seconds))
+        finally:
+            if client.has_pending_idle():
+                client.idle_done()
+            async with client.bounded("DONE"):
+                await client.run("DONE", idle)
 
     async def close(self) -> None:
         await self._client.discard(polite=True)
@@ -218,6 +239,15 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
     def ssl_object(self) -> ssl.SSLObject | None:
         transport = self.protocol.transport
         return transport.get_extra_info("ssl_object") if transport is not None else None
+
+    @contextlib.asynccontextmanager
+    async def bounded(self, command: str) -> AsyncIterator[None]:
+        """Bound a step outside the probe's phases (IDLE bookkeeping) by the completion timeout."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                yield
+        except TimeoutError:
+            raise ServerTimeout(f"no answer to {command} within {self.timeout:g}s") from None
 
     async def run(self, command: str, operation: Awaitable[T]) -> T:
         """Run one aioimaplib operation; a dropped connection ends it at once instead of at the timeout."""

@@ -34,6 +34,10 @@ class MailboxSession(Protocol):
         """Delete exactly these letters (and nothing else)."""
         ...
 
+    async def wait_for_change(self, seconds: float) -> None:
+        """Return when the mailbox may have new mail (server push) or after ``seconds``."""
+        ...
+
     async def close(self) -> None:
         """Log out politely; never raises."""
         ...

@@ -265,6 +265,10 @@ class Pop3Session:
                 await self.client.simple("DELE", str(number))
             await self._commit()
 
+    async def wait_for_change(self, seconds: float) -> None:
+        """POP3 has no push: only time passes (the prober reopens snapshot sessions to see new mail)."""
+        await asyncio.sleep(seconds)
+
     async def close(self) -> None:
         """QUIT if the session is in a clean state, else just drop it (deleting nothing)."""
         if self._closed:

@@ -204,16 +204,19 @@ async def wait_for_letter(
                     await session.delete(to_delete)
             if mine:
                 return mine[0], seen
-            if session.snapshot:
-                await session.close()
-                session = None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeliveryTimeout(
                     f"letter not found within {task.email_timeout:g}s of acceptance ({receipt.reply})",
                     phase="mailbox_search",
                 )
-            await asyncio.sleep(min(task.incoming.poll_interval, remaining))
+            wait = min(task.incoming.poll_interval, remaining)
+            if session.snapshot:  # POP3: a session never sees new mail; log in again after the wait
+                await session.close()
+                session = None
+                await asyncio.sleep(wait)
+            else:
+                await session.wait_for_change(wait)
     except ProbeError:
         raise
     except OSError as exc:

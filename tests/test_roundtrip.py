@@ -203,3 +203,15 @@ def test_once_cli_prints_report(rig: MailRig, users: tuple[str, ...], tmp_path: 
     failed = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
     assert failed.returncode == 3, failed.stdout + failed.stderr
     assert "FAILED (auth)" in failed.stdout
+
+
+async def test_idle_wakes_the_probe_before_the_next_poll(rig: MailRig, user: str) -> None:
+    """With a poll interval longer than the test's deadline, only the server's IDLE push can end the wait."""
+    task = task_dict(rig, user, mailbox="imaps", email_timeout="10m")
+    task["incoming"]["poll_interval"] = "10m"
+    rig.hold()
+    probe = asyncio.create_task(probe_once(task))
+    await wait_queued(rig)
+    rig.release()
+    result = await asyncio.wait_for(probe, timeout=60)
+    assert result.success, result.error

@@ -1,0 +1,38 @@
+"""Shared pytest fixtures. Add new fixtures in their own delimited block."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+import pytest
+
+from tests.rig import MailRig
+
+# ============================================================================
+# Mail rig: one real Postfix + Dovecot (tests/rig.py) for the whole session.
+# Rig-level tests use user4/user5; user1..user3 are free for other tests.
+# ============================================================================
+
+
+@pytest.fixture(scope="session")
+def rig() -> Iterator[MailRig]:
+    """A started MailRig with user1..user5@example.test, stopped at session end."""
+    with MailRig(users=5) as mail_rig:
+        yield mail_rig
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the rig's log tail to the report of every failing test that used it."""
+    report = yield
+    mail_rig = getattr(item, "funcargs", {}).get("rig")
+    if report.failed and isinstance(mail_rig, MailRig):
+        report.sections.append(("mail rig logs", mail_rig.logs()))
+    return report
+
+
+# ============================================================================
+# End of mail rig block.
+# ============================================================================
