@@ -21,8 +21,8 @@ import aioimaplib
 from exporter import net
 from exporter.config import IncomingConfig, Security
 from exporter.errors import AuthFailure, MailboxFailure, ProbeError, ProtocolFailure, ServerTimeout, TLSFailure
-from exporter.mailbox import FoundLetter
-from exporter.message import HEADER, Signer, header_token
+from exporter.mailbox import FoundLetter, wanted
+from exporter.message import HEADER, TOKEN_PREFIX, Signer, header_token
 
 T = TypeVar("T")
 
@@ -44,15 +44,18 @@ class ImapSession:
         self.address = address
         self.certificate_not_after: float | None = None
 
-    async def find(self, tokens: Collection[str]) -> list[FoundLetter]:
-        if not tokens:
+    async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
+        # Sweeping looks at every letter that may be ours (the subject prefix of every token);
+        # otherwise only at the awaited tokens.
+        criteria = [TOKEN_PREFIX] if sweep_before is not None else sorted(tokens)
+        if not criteria:
             return []
-        uids = await self._search(tokens)
+        uids = await self._search(criteria)
         if not uids:
             return []
         fetch = self._client.protocol.fetch(",".join(uids), _FETCH_ITEMS, by_uid=True)
         response = await self._checked("UID FETCH", fetch)
-        return [letter for letter in self._parse_fetch(response.lines) if letter.token.value in tokens]
+        return [letter for letter in self._parse_fetch(response.lines) if wanted(letter.token, tokens, sweep_before)]
 
     async def delete(self, letters: Collection[FoundLetter]) -> None:
         if not letters:
@@ -88,9 +91,9 @@ class ImapSession:
     async def close(self) -> None:
         await self._client.discard(polite=True)
 
-    async def _search(self, tokens: Collection[str]) -> list[str]:
+    async def _search(self, subjects: list[str]) -> list[str]:
         # SUBJECT search is the most widely supported; no CHARSET (Exchange and Yahoo reject "CHARSET utf-8").
-        criteria = _any_subject(sorted(tokens))
+        criteria = _any_subject(subjects)
         protocol = self._client.protocol
         # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail.
         await self._checked("NOOP", protocol.simple_command("NOOP"))

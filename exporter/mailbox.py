@@ -12,6 +12,10 @@ from typing import Protocol
 from exporter.message import Token
 
 
+def wanted(token: Token, tokens: Collection[str], sweep_before: float | None) -> bool:
+    return token.value in tokens or (sweep_before is not None and token.created < sweep_before)
+
+
 @dataclass(frozen=True)
 class FoundLetter:
     token: Token  # verified: the letter is provably one of ours
@@ -26,8 +30,9 @@ class MailboxSession(Protocol):
     address: str  # the IP address connected to
     snapshot: bool  # True when the session sees only mail present at login (POP3): reopen to poll
 
-    async def find(self, tokens: Collection[str]) -> list[FoundLetter]:
-        """Letters in the mailbox that carry one of ``tokens``, verified by their signature."""
+    async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
+        """Letters in the mailbox that carry one of ``tokens``, verified by their signature; with
+        ``sweep_before``, also every letter of ours whose token was made before that Unix time."""
         ...
 
     async def delete(self, letters: Collection[FoundLetter]) -> None:

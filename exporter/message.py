@@ -21,6 +21,7 @@ from email.utils import formatdate
 
 HEADER = "X-Mail-Roundtrip-Probe"
 SUBJECT_PREFIX = "[mail-roundtrip-exporter] test letter"
+TOKEN_PREFIX = "mrt-"
 _TOKEN = re.compile(r"\bmrt-(\d{10})-([0-9a-f]{16})-([0-9a-f]{20})\b")
 
 

@@ -55,6 +55,7 @@ class TaskStats:
     failures: Counter[Reason] = field(default_factory=Counter)
     delivery: Histogram = field(default_factory=Histogram)
     late_arrivals: int = 0
+    swept: int = 0
     skipped: int = 0
     in_flight: int = 0
     last_success: float | None = None
@@ -70,6 +71,7 @@ class TaskStats:
             self.failures[result.reason] += 1
         if result.delivery_seconds is not None:
             self.delivery.observe(result.delivery_seconds)
+        self.swept += result.swept
         for leg, cached in result.dns_cached.items():
             self.dns_lookups[(leg, cached)] += 1
         for leg, not_after in (
@@ -122,6 +124,7 @@ def _task_metrics(stats: list[TaskStats]) -> Iterator[Metric]:
     )
     phase = _gauge("phase_duration_seconds", "Duration of each phase of the last probe.", ("phase",))
     late = _counter("late_arrivals", "Letters found after their probe had already failed (email timeout).")
+    swept = _counter("letters_swept", "Signed leftover letters of earlier runs (older than 2 h) deleted.")
     skipped = _counter("probes_skipped", "Probes not started because max_in_flight letters were travelling.")
     in_flight = _gauge("probes_in_flight", "Probes of the task currently running (letters travelling).")
     last_success = _gauge("last_success_timestamp_seconds", "Unix time of the last successful round trip.")
@@ -140,6 +143,7 @@ def _task_metrics(stats: list[TaskStats]) -> Iterator[Metric]:
             reason.add_metric([*key, r.value], 1.0 if last is not None and last.reason is r else 0.0)
         delivery.add_metric(key, s.delivery.cumulative(), s.delivery.total)
         late.add_metric(key, s.late_arrivals)
+        swept.add_metric(key, s.swept)
         skipped.add_metric(key, s.skipped)
         in_flight.add_metric(key, s.in_flight)
         if s.last_success is not None:
@@ -156,7 +160,7 @@ def _task_metrics(stats: list[TaskStats]) -> Iterator[Metric]:
                 dns.add_metric([*key, leg, "hit" if hit else "miss"], s.dns_lookups[(leg, hit)])
             if leg in s.certificate_not_after:
                 cert.add_metric([*key, leg], s.certificate_not_after[leg])
-    yield from (success, probes, failures, reason, delivery, server_delivery, phase, late, skipped, in_flight,
+    yield from (success, probes, failures, reason, delivery, server_delivery, phase, late, swept, skipped, in_flight,
                 last_success, last_probe, dns, cert)
 
 

@@ -26,7 +26,7 @@ from email.utils import parsedate_to_datetime
 from exporter import net
 from exporter.config import IncomingConfig, Security
 from exporter.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
-from exporter.mailbox import FoundLetter
+from exporter.mailbox import FoundLetter, wanted
 from exporter.message import Signer, header_token
 from exporter.net import PhaseClock
 
@@ -233,7 +233,7 @@ class Pop3Session:
         """How often each command was sent, for tests and debugging."""
         return self.client.commands_sent
 
-    async def find(self, tokens: Collection[str]) -> list[FoundLetter]:
+    async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
         self._check_open()
         with self._errors_abort():
             listing = await self._listing()
@@ -245,7 +245,7 @@ class Pop3Session:
             for uidl, number in listing.items():
                 if uidl in self.memo:
                     continue
-                letter = await self._examine(uidl, number, tokens)
+                letter = await self._examine(uidl, number, tokens, sweep_before)
                 if letter is not None:
                     # Message numbers stay valid for the whole session (POP3 never renumbers).
                     self._found[letter] = number
@@ -324,14 +324,16 @@ class Pop3Session:
             numbers[uidl] = int(match.group(1))
         return {uidl: number for uidl, number in numbers.items() if uidl not in ambiguous}
 
-    async def _examine(self, uidl: str, number: int, tokens: Collection[str]) -> FoundLetter | None:
+    async def _examine(
+        self, uidl: str, number: int, tokens: Collection[str], sweep_before: float | None
+    ) -> FoundLetter | None:
         lines = await self.client.multiline("TOP", str(number), "0", limit=TOP_LIMIT, max_lines=TOP_LINES)
         headers = b"\r\n".join(lines) + b"\r\n"
         token = header_token(self.signer, headers)
         if token is None:
             self.memo.add(uidl)  # foreign for good: never read it again
             return None
-        if token.value not in tokens:
+        if not wanted(token, tokens, sweep_before):
             return None  # ours, but another probe's (maybe still in flight): look again next time
         return FoundLetter(token=token, ref=uidl, server_time=received_time(headers))
 

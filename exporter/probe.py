@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from exporter import imap, net, pop3, smtp
-from exporter.config import IncomingConfig, Protocol, TaskConfig
+from exporter.config import MAX_EMAIL_TIMEOUT, IncomingConfig, Protocol, TaskConfig
 from exporter.dns import Resolution
 from exporter.errors import ConnectFailure, DeliveryTimeout, DNSFailure, ProbeError, ProtocolFailure, Reason
 from exporter.mailbox import FoundLetter, MailboxSession
@@ -22,6 +22,9 @@ from exporter.message import Signer, Token, build_letter
 log = logging.getLogger(__name__)
 
 Resolve = Callable[[str], Awaitable[Resolution]]
+# Signed letters older than this are leftovers of earlier runs (a crash, a restart while letters
+# travelled): no probe can still be waiting for them, since the email timeout is at most an hour.
+SWEEP_AGE = 2 * MAX_EMAIL_TIMEOUT
 # Every phase a probe can time, in the order a round trip goes through them.
 PHASES = (
     "smtp_dns", "smtp_connect", "smtp_tls", "smtp_greeting", "smtp_auth", "smtp_submit",
@@ -48,6 +51,7 @@ class ProbeResult:
     smtp_certificate_not_after: float | None = None
     mailbox_certificate_not_after: float | None = None
     accepted_wall: float | None = None
+    swept: int = 0  # leftover letters of earlier runs this probe deleted
     finished: float = 0.0
 
     @property
@@ -190,15 +194,21 @@ async def wait_for_letter(
 ) -> tuple[FoundLetter, float]:
     """Search until the letter is there or the email timeout (counted from acceptance) has passed."""
     deadline = receipt.accepted_monotonic + task.email_timeout
+    sweep_before: float | None = time.time() - SWEEP_AGE  # the first search of a probe also sweeps
     try:
         while True:
             if session is None:
                 session = await mailbox.open(clock, resolve, result)
             async with clock.phase("mailbox_search"):
-                found = await session.find([token.value, *mailbox.late])
+                found = await session.find([token.value, *mailbox.late], sweep_before)
             seen = time.monotonic()
             mine = [letter for letter in found if letter.token.value == token.value]
-            to_delete = mine + mailbox.claim_late([letter for letter in found if letter not in mine])
+            others = [letter for letter in found if letter not in mine]
+            late = mailbox.claim_late(others)
+            swept = [letter for letter in others if letter not in late]  # found only because they are old
+            result.swept += len(swept)
+            sweep_before = None
+            to_delete = mine + late + swept
             if to_delete:
                 async with clock.phase("mailbox_delete"):
                     await session.delete(to_delete)

@@ -1,0 +1,358 @@
+"""``--web.config.file``: TLS and basic auth in the file format of Prometheus' exporter-toolkit (a subset).
+
+Users reuse the web config they already have for node_exporter & co. What this exporter cannot do the
+same way is rejected, never silently ignored: a security setting that is quietly dropped is worse than
+a refusal to start. The file is read once at start (a change needs a restart). Errors are one line
+naming the file and the field, as in ``exporter.config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import yaml
+from aiohttp import web
+
+from exporter.config import ConfigError, _bool, _kind, _Node, _string
+
+log = logging.getLogger(__name__)
+
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+# Go's names (crypto/tls.CipherSuites(), the only ones exporter-toolkit accepts) -> OpenSSL's names.
+_CIPHERS_TLS12 = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",  # Go's older alias
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+# TLS 1.3 suites are not configurable, in Go as in OpenSSL's cipher list: accepted and ignored, as Go does.
+_CIPHERS_TLS13 = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+
+# client_auth_type -> verify mode. Go's RequestClientCert asks for a certificate but never checks it,
+# so nothing can depend on it: not asking is the same access. RequireAnyClientCert (any certificate,
+# unverified) cannot be expressed with Python's ssl module and is rejected below.
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+_CLIENT_AUTH_UNSUPPORTED = {
+    "RequireAnyClientCert": "is not supported (Python's ssl module cannot require a certificate without "
+    "verifying it); use RequireAndVerifyClientCert with client_ca_file",
+}
+
+# Headers exporter-toolkit lets a web config set; it rejects every other name, and so do we, so that a
+# file stays valid for both. Allowed values where the toolkit restricts them (lower case).
+_HEADERS: dict[str, set[str] | None] = {
+    "Content-Security-Policy": None,
+    "X-Frame-Options": {"deny", "sameorigin"},
+    "X-Content-Type-Options": {"nosniff"},
+    "X-XSS-Protection": None,
+    "Strict-Transport-Security": None,
+}
+
+# exporter-toolkit keys we know but do not implement: refused when set (empty values are the defaults).
+_UNSUPPORTED_TOP = {"rate_limit": "is not supported by mail-roundtrip-exporter"}
+_UNSUPPORTED_TLS = {
+    "cert": "inline certificates are not supported; use cert_file",
+    "key": "inline keys are not supported; use key_file",
+    "client_ca": "inline CA certificates are not supported; use client_ca_file",
+    "client_allowed_sans": "is not supported by mail-roundtrip-exporter",
+    "curve_preferences": "is not supported by mail-roundtrip-exporter",
+}
+
+_BCRYPT_HASH = re.compile(r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    source: str
+    ssl_context: ssl.SSLContext | None = None  # None: plain HTTP
+    users: Mapping[str, bytes] = field(default_factory=dict, repr=False)  # user -> bcrypt hash
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def load_web_config(path: str | Path) -> WebConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
+    return parse_web_config(data, str(path), path.parent)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without the quoted token: PyYAML quotes aliases and tags, which may be a secret."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    return where + re.sub(r"'[^']*'", "'...'", problem)
+
+
+def parse_web_config(data: Any, source: str, base_dir: Path) -> WebConfig:
+    root = _Node(data if data is not None else {}, "", source)
+    _refuse_unsupported(root, _UNSUPPORTED_TOP)
+    context = _tls(root.child("tls_server_config"), base_dir) if root.has("tls_server_config") else None
+    headers = _http(root.child("http_server_config"))
+    users = _users(root.child("basic_auth_users"))
+    root.finish()
+    return WebConfig(source=source, ssl_context=context, users=users, headers=headers)
+
+
+def _refuse_unsupported(node: _Node, keys: Mapping[str, str]) -> None:
+    for key, why in keys.items():
+        node.used.add(key)
+        if node.data.get(key):
+            raise node.error(why, key)
+
+
+def _file(base_dir: Path) -> Callable[[Any], str]:
+    # Relative to the web config file, as exporter-toolkit does.
+    def convert(value: Any) -> str:
+        path = base_dir / _string(value)
+        if not path.is_file():
+            raise ValueError(f"file {str(path)!r} does not exist")
+        return str(path)
+
+    return convert
+
+
+def _choice(choices: Mapping[str, Any]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        text = _string(value)
+        if text not in choices:
+            raise ValueError(f"must be one of {'|'.join(choices)}, got {text!r}")
+        return choices[text]
+
+    return convert
+
+
+def _tls(node: _Node, base_dir: Path) -> ssl.SSLContext:
+    _refuse_unsupported(node, _UNSUPPORTED_TLS)
+    cert_file = node.require("cert_file", _file(base_dir))
+    key_file = node.require("key_file", _file(base_dir))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A passphrase prompt on the terminal would hang a service: an encrypted key is an error.
+        context.load_cert_chain(cert_file, key_file, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        raise node.error(f"cannot load certificate and key: {_ssl_reason(exc)}", "cert_file") from None
+    _client_auth(node, context, base_dir)
+    _versions(node, context)
+    _ciphers(node, context)
+    if node.get("prefer_server_cipher_suites", _bool, True):
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    node.finish()
+    return context
+
+
+def _ssl_reason(exc: ssl.SSLError | OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc).lower().replace("_", " ")
+
+
+def _client_auth(node: _Node, context: ssl.SSLContext, base_dir: Path) -> None:
+    names = {name: name for name in [*_CLIENT_AUTH, *_CLIENT_AUTH_UNSUPPORTED]}
+    name = node.get("client_auth_type", _choice(names), "NoClientCert")
+    if name in _CLIENT_AUTH_UNSUPPORTED:
+        raise node.error(_CLIENT_AUTH_UNSUPPORTED[name], "client_auth_type")
+    ca_file = node.get("client_ca_file", _file(base_dir), None)
+    if ca_file is not None and name == "NoClientCert":
+        raise node.error("is given but client_auth_type is NoClientCert (no certificate is asked for)",
+                         "client_ca_file")
+    mode = _CLIENT_AUTH[name]
+    if mode is not ssl.CERT_NONE and ca_file is None:
+        raise node.error(f"is required with client_auth_type {name}", "client_ca_file")
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise node.error(f"cannot load CA certificates: {_ssl_reason(exc)}", "client_ca_file") from None
+    context.verify_mode = mode
+
+
+def _versions(node: _Node, context: ssl.SSLContext) -> None:
+    minimum = node.get("min_version", _choice(_TLS_VERSIONS), ssl.TLSVersion.TLSv1_2)
+    maximum = node.get("max_version", _choice(_TLS_VERSIONS), None)
+    if maximum is not None and maximum < minimum:
+        raise node.error("is lower than min_version", "max_version")
+    context.minimum_version = minimum
+    if maximum is not None:
+        context.maximum_version = maximum
+
+
+def _ciphers(node: _Node, context: ssl.SSLContext) -> None:
+    node.used.add("cipher_suites")
+    names = node.data.get("cipher_suites") or []
+    if not isinstance(names, list):
+        raise node.error(f"must be a list, got {_kind(names)}", "cipher_suites")
+    openssl_names = []
+    for i, name in enumerate(names):
+        if name in _CIPHERS_TLS12:
+            openssl_names.append(_CIPHERS_TLS12[name])
+        elif name not in _CIPHERS_TLS13:
+            raise node.error(f"unknown or insecure cipher suite {name!r}", f"cipher_suites[{i}]")
+    if openssl_names:
+        try:
+            context.set_ciphers(":".join(openssl_names))
+        except ssl.SSLError:
+            raise node.error("none of these cipher suites is available in this OpenSSL", "cipher_suites") from None
+
+
+def _http(node: _Node) -> tuple[tuple[str, str], ...]:
+    node.get("http2", _bool, True)  # aiohttp speaks HTTP/1.1 only; accepted so shared files stay valid
+    headers_node = node.child("headers")
+    headers = []
+    for name in map(str, headers_node.data):
+        if name not in _HEADERS:
+            raise headers_node.error(f"HTTP header {name!r} cannot be configured (only {', '.join(_HEADERS)})")
+        allowed = _HEADERS[name]
+        value = headers_node.get(name, _string, "")
+        if value and allowed is not None and value.lower() not in allowed:
+            raise headers_node.error(f"must be one of {'|'.join(sorted(allowed))}, got {value!r}", name)
+        if value:  # blank means unset, as in exporter-toolkit
+            headers.append((name, value))
+    headers_node.finish()
+    node.finish()
+    return tuple(headers)
+
+
+def _users(node: _Node) -> dict[str, bytes]:
+    users = {}
+    for key, value in node.data.items():
+        user = str(key)
+        if ":" in user:
+            raise node.error("a basic auth user name cannot contain ':'", user)
+        # Never echo the value: it is a password hash, or (a common mistake) the password itself.
+        if not isinstance(value, str) or not _BCRYPT_HASH.match(value):
+            raise node.error("must be a bcrypt hash ($2a$/$2b$/$2y$...), got something else", user)
+        users[user] = value.encode()
+    return users
+
+
+# --- serving ---------------------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BasicAuth:
+    """Checks ``Authorization: Basic`` against bcrypt hashes without a bcrypt run per scrape.
+
+    A bcrypt check costs ~50-300 ms of CPU. After one succeeds, an HMAC of that password (under a key
+    that lives only in this process) is kept per user, and the next scrape compares HMACs in constant
+    time. bcrypt runs in a worker thread, one at a time: a flood of wrong passwords then costs one core
+    and never starves the event loop or the default thread pool the rest of the exporter uses.
+    """
+
+    def __init__(self, users: Mapping[str, bytes]) -> None:
+        self._users = {user.encode(): hashed for user, hashed in users.items()}
+        self._key = os.urandom(32)
+        self._verified: dict[bytes, bytes] = {}  # user -> HMAC of the password that passed bcrypt
+        self._lock = asyncio.Lock()
+        self._unknown_user_hash: bytes | None = None
+
+    async def check(self, header: str | None) -> bool:
+        credentials = _parse_basic(header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        digest = hmac.new(self._key, password, hashlib.sha256).digest()
+        if self._cached(user, digest):
+            return True
+        async with self._lock:
+            if self._cached(user, digest):  # verified while this request waited for the lock
+                return True
+            ok = await asyncio.to_thread(self._bcrypt, user, password)
+        if ok:
+            self._verified[user] = digest
+        return ok
+
+    def _cached(self, user: bytes, digest: bytes) -> bool:
+        known = self._verified.get(user)
+        return known is not None and hmac.compare_digest(known, digest)
+
+    def _bcrypt(self, user: bytes, password: bytes) -> bool:
+        hashed = self._users.get(user)
+        try:
+            # An unknown user still costs one bcrypt run, so that timing does not tell which names exist.
+            matches = bcrypt.checkpw(password, hashed or self._dummy_hash())
+        except ValueError:  # longer than bcrypt's 72 bytes: never valid
+            return False
+        return matches and hashed is not None
+
+    def _dummy_hash(self) -> bytes:
+        if self._unknown_user_hash is None:
+            rounds = max(int(hashed[4:6]) for hashed in self._users.values())
+            self._unknown_user_hash = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds))
+        return self._unknown_user_hash
+
+
+def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, colon, password = decoded.partition(b":")
+    return (user, password) if colon else None
+
+
+def auth_middleware(auth: BasicAuth) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Every path, unknown ones and health checks included, as exporter-toolkit does.
+        if not await auth.check(request.headers.get("Authorization")):
+            return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
+        return await handler(request)
+
+    return middleware
+
+
+def install(app: web.Application, config: WebConfig) -> None:
+    """Basic auth and configured response headers on ``app`` (TLS is the listening socket's business)."""
+    if config.users:
+        app.middlewares.append(auth_middleware(BasicAuth(config.users)))
+    if config.headers:
+        headers = config.headers
+
+        async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers.update(headers)
+
+        # on_response_prepare also covers 401s and aiohttp's own error pages, not just our handlers.
+        app.on_response_prepare.append(add_headers)
