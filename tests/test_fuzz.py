@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -55,16 +56,11 @@ def test_config_file_text_raises_only_config_errors(tmp_path_factory: Any, text:
         assert str(exc).startswith(str(path))
 
 
-def test_yaml_bomb_and_python_tags_are_rejected(tmp_path: Path) -> None:
+def test_python_tags_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
     path.write_text("devices: !!python/object/apply:os.system ['true']\n")
-    try:
+    with pytest.raises(ConfigError, match="could not determine a constructor"):
         load_config(path)
-    except ConfigError:
-        pass
-    else:
-        raise AssertionError("a python tag was accepted")
-    assert yaml.safe_load("a: 1") == {"a": 1}
 
 
 class _Sink:
@@ -93,10 +89,8 @@ async def _pop3_conversation(reply: bytes) -> None:
     st.sampled_from([b"+OK hi\r\n", b"-ERR no\r\n", b".\r\n", b"..x\r\n", b"1 abc\r\n", b"+OK\n", b"\r\n",
                      b"x" * 1500 + b"\r\n", b"\x00\xff\r\n", b"Subject: mrt-1\r\n"]), max_size=30).map(b"".join))
 def test_pop3_replies_raise_only_probe_errors(reply: bytes) -> None:
-    try:
+    with contextlib.suppress(ProbeError):
         asyncio.run(_pop3_conversation(reply))
-    except ProbeError:
-        pass
 
 
 @FUZZ
