@@ -19,6 +19,7 @@ from exporter.message import Signer
 from exporter.probe import PHASES, ProbeResult, run_probe
 from exporter.service import Exporter, warn_unverified
 from exporter.web import make_app
+from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
 DEFAULT_LISTEN = ":9925"
@@ -39,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run every task once, print a per-phase report, exit")
     p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
                    help="address to serve metrics on (default: %(default)s, all interfaces)")
+    p.add_argument("--web.config.file", dest="web_config_file", default=None,
+                   help="TLS and basic auth, in exporter-toolkit's format (default: plain HTTP, no auth)")
     p.add_argument("--signing.key-file", dest="key_file", type=Path, default=keys.default_key_path(),
                    help="key that signs probe letters, created on first start (default: %(default)s)")
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
@@ -56,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     warn_unverified(config)
+    try:
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.config_check:
         print(f"{args.config_file}: ok ({len(config.tasks())} tasks in {len(config.devices)} devices)")
         return EXIT_OK
@@ -72,21 +80,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if port is None:
         print(f"error: --web.listen-address {args.listen!r} needs a port", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(serve(Exporter(Path(args.config_file), config, signer), host or None, port))
+    return asyncio.run(serve(Exporter(Path(args.config_file), config, signer), host or None, port, web_config))
 
 
-async def serve(exporter: Exporter, host: str | None, port: int) -> int:
-    runner = web.AppRunner(make_app(exporter), access_log=None)
+async def serve(exporter: Exporter, host: str | None, port: int, web_config: WebConfig | None = None) -> int:
+    runner = web.AppRunner(make_app(exporter, web_config), access_log=None)
     await runner.setup()
+    ssl_context = web_config.ssl_context if web_config else None
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except OSError as exc:
         print(f"error: cannot listen on {host or '*'}:{port}: {exc.strerror}", file=sys.stderr)
         await runner.cleanup()
         return EXIT_USAGE
     exporter.install_signal_handlers()
     await exporter.start()
-    log.info("listening", extra={"address": f"{host or '*'}:{port}"})
+    log.info("listening", extra={"address": f"{host or '*'}:{port}", "tls": ssl_context is not None,
+                                 "basic_auth": bool(web_config and web_config.users)})
+    if web_config and web_config.users and ssl_context is None:
+        log.warning("basic auth without TLS: passwords cross the network in clear text")
     await exporter.stopping.wait()
     await exporter.stop()
     await runner.cleanup()

@@ -47,7 +47,8 @@ def setup(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aioimaplib logs every line it sends at debug, LOGIN included (it masks the password, but
-    # keep third-party protocol chatter out of our logs unless asked for explicitly).
+    # aioimaplib logs every line it sends at debug, LOGIN included; it masks the raw password, but
+    # not its quoted form when the password holds a quote or backslash. Its chatter never reaches our
+    # output, whatever --log.level says.
     for noisy in ("aioimaplib", "aiosmtplib", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+        logging.getLogger(noisy).setLevel(logging.WARNING)

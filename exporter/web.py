@@ -11,13 +11,16 @@ from prometheus_client.exposition import choose_encoder
 from exporter import __version__
 from exporter.metrics import TaskStats
 from exporter.service import Exporter
+from exporter.webconfig import WebConfig, install
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
 
 
-def make_app(exporter: Exporter) -> web.Application:
+def make_app(exporter: Exporter, web_config: WebConfig | None = None) -> web.Application:
     app = web.Application()
     app[EXPORTER_KEY] = exporter
+    if web_config is not None:
+        install(app, web_config)  # basic auth and extra headers from --web.config.file
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", healthy)

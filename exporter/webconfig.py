@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import bcrypt
 import yaml
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config import ConfigError, _bool, _kind, _Node, _string
 
@@ -266,9 +267,6 @@ def _users(node: _Node) -> dict[str, bytes]:
 
 # --- serving ---------------------------------------------------------------------------------------
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 class BasicAuth:
     """Checks ``Authorization: Basic`` against bcrypt hashes without a bcrypt run per scrape.
 
@@ -333,7 +331,7 @@ def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
     return (user, password) if colon else None
 
 
-def auth_middleware(auth: BasicAuth) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(auth: BasicAuth) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Every path, unknown ones and health checks included, as exporter-toolkit does.
