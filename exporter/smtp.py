@@ -12,7 +12,6 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import Any
 
 import aiosmtplib
@@ -48,7 +47,7 @@ async def send_letter(
     config: ServerConfig,
     connected: net.Connected,
     clock: net.PhaseClock,
-    letter: EmailMessage,
+    letter: bytes,
     sender: str,
     destination: str,
 ) -> Receipt:
@@ -117,14 +116,14 @@ async def _authenticate(client: aiosmtplib.SMTP, user: str, password: str) -> No
 
 
 async def _submit(
-    client: aiosmtplib.SMTP, clock: net.PhaseClock, letter: EmailMessage, sender: str, destination: str
+    client: aiosmtplib.SMTP, clock: net.PhaseClock, letter: bytes, sender: str, destination: str
 ) -> str:
     async with _phase(clock, "smtp_submit", "MAIL FROM"):
         await client.mail(sender)
     async with _phase(clock, "smtp_submit", "RCPT TO", accumulate=True):
         await client.rcpt(destination)
     async with _phase(clock, "smtp_submit", "DATA", accumulate=True):
-        response = await client.data(letter.as_bytes())
+        response = await client.data(letter)
     return f"{response.code} {response.message}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 import time
 import tracemalloc
@@ -68,10 +69,9 @@ def letter(token: Token | None = None, subject: str | None = None, extra: str = 
     token = token or SIGNER.new_token()
     built = build_letter(token, "monitor@example.test", "probe@example.test", "dev", "task")
     if subject is not None:
-        del built["Subject"]
-        built["Subject"] = subject
+        built = re.sub(rb"(?m)^Subject: .*$", b"Subject: " + subject.encode() + b"\r", built, count=1)
     received = "Received: from mx by pop.example.test; Wed, 26 Nov 2025 12:33:00 +0000\r\n"
-    return (received + extra).encode() + built.as_bytes()
+    return (received + extra).encode() + built
 
 
 def foreign_letter(subject: str = "hello", extra: str = "") -> bytes:
@@ -762,7 +762,7 @@ async def test_dovecot_aborted_session_deletes_nothing(mailbox: MailRig) -> None
 
 async def test_dovecot_server_time_is_the_lmtp_arrival(mailbox: MailRig) -> None:
     token = SIGNER.new_token()
-    raw = build_letter(token, "monitor@example.test", mailbox.address(USER), "dev", "task").as_bytes()
+    raw = build_letter(token, "monitor@example.test", mailbox.address(USER), "dev", "task")
 
     def send() -> None:
         with smtplib.SMTP("127.0.0.1", mailbox.ports.smtp, timeout=10) as smtp:

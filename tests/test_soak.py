@@ -21,10 +21,9 @@ def foreign_letters() -> list[bytes]:
     letters = []
     for i in range(FOREIGN_PER_KIND):
         letters.append(f"From: a@example.test\r\nSubject: hello {i}\r\n\r\nordinary letter {i}\r\n".encode())
-        other_install = build_letter(Signer(b"another-install").new_token(), "x@example.test", "y@example.test",
-                                     "d", f"t{i}")
-        letters.append(other_install.as_bytes())
-        ours = build_letter(SIGNER.new_token(), "x@example.test", "y@example.test", "d", f"t{i}").as_bytes()
+        letters.append(build_letter(Signer(b"another-install").new_token(), "x@example.test", "y@example.test",
+                                    "d", f"t{i}"))
+        ours = build_letter(SIGNER.new_token(), "x@example.test", "y@example.test", "d", f"t{i}")
         token = ours.split(b"X-Mail-Roundtrip-Probe: ")[1][:51]
         letters.append(ours.replace(token, token[:-6] + b"000000"))  # our shape, broken signature
         letters.append(
@@ -37,7 +36,7 @@ def foreign_letters() -> list[bytes]:
 def leftovers_of_earlier_runs(count: int) -> list[bytes]:
     """Signed with our key, older than any probe could wait for: the sweep removes them."""
     old = time.time() - SWEEP_AGE - 600
-    return [build_letter(SIGNER.new_token(now=old), "x@example.test", "y@example.test", "d", "t").as_bytes()
+    return [build_letter(SIGNER.new_token(now=old), "x@example.test", "y@example.test", "d", "t")
             for _ in range(count)]
 
 
