@@ -50,6 +50,8 @@ class TaskStats:
 
     device: str
     task: str
+    interval: float
+    email_timeout: float
     last: ProbeResult | None = None
     probes: int = 0
     failures: Counter[Reason] = field(default_factory=Counter)
@@ -113,6 +115,11 @@ def _task_metrics(stats: list[TaskStats]) -> Iterator[Metric]:
     failures = _counter("probe_failures", "Failed round-trip probes by failure reason.", ("reason",))
     reason = _gauge("probe_failure_reason", "1 for the failure reason of the last probe, 0 for the others.",
                     ("reason",))
+    failed_phase = _gauge("probe_failure_phase",
+                          "1 for the phase the last probe failed in (smtp_* or mailbox_*), 0 for the others.",
+                          ("phase",))
+    interval = _gauge("task_interval_seconds", "Configured probe interval of the task (its device's interval).")
+    email_timeout = _gauge("task_email_timeout_seconds", "Configured email timeout of the task.")
     delivery = HistogramMetricFamily(
         f"{PREFIX}_delivery_seconds",
         "Time from the SMTP server accepting the letter to the exporter seeing it in the mailbox.",
@@ -141,6 +148,10 @@ def _task_metrics(stats: list[TaskStats]) -> Iterator[Metric]:
         for r in Reason:
             failures.add_metric([*key, r.value], s.failures[r])
             reason.add_metric([*key, r.value], 1.0 if last is not None and last.reason is r else 0.0)
+        for name in PHASES:
+            failed_phase.add_metric([*key, name], 1.0 if last is not None and last.failed_phase == name else 0.0)
+        interval.add_metric(key, s.interval)
+        email_timeout.add_metric(key, s.email_timeout)
         delivery.add_metric(key, s.delivery.cumulative(), s.delivery.total)
         late.add_metric(key, s.late_arrivals)
         swept.add_metric(key, s.swept)
@@ -160,8 +171,8 @@ def _task_metrics(stats: list[TaskStats]) -> Iterator[Metric]:
                 dns.add_metric([*key, leg, "hit" if hit else "miss"], s.dns_lookups[(leg, hit)])
             if leg in s.certificate_not_after:
                 cert.add_metric([*key, leg], s.certificate_not_after[leg])
-    yield from (success, probes, failures, reason, delivery, server_delivery, phase, late, swept, skipped, in_flight,
-                last_success, last_probe, dns, cert)
+    yield from (success, probes, failures, reason, failed_phase, interval, email_timeout, delivery,
+                server_delivery, phase, late, swept, skipped, in_flight, last_success, last_probe, dns, cert)
 
 
 def _self_metrics(reload: ReloadStatus) -> Iterator[Metric]:

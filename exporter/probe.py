@@ -41,6 +41,7 @@ class ProbeResult:
     success: bool = False
     reason: Reason | None = None
     error: str | None = None  # human-readable, phase first; never contains a secret
+    failed_phase: str | None = None  # the phase the failure happened in (its leg is the prefix)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
     dns_cached: dict[str, bool] = field(default_factory=dict)  # per leg: was the answer a cache hit
     delivery_seconds: float | None = None  # accepted -> seen, our clock
@@ -120,7 +121,7 @@ async def run_probe(
         await _round_trip(device, task, token, clock, resolve, mailbox, result)
         result.success = True
     except ProbeError as exc:
-        result.reason, result.error = exc.reason, str(exc)
+        result.reason, result.error, result.failed_phase = exc.reason, str(exc), exc.phase
         if result.accepted_wall is not None:
             mailbox.late[token.value] = result.accepted_wall  # it may still arrive: recognise it then
     except Exception as exc:  # a bug or an unexpected library error must not kill the scheduler

@@ -34,11 +34,11 @@ TaskKey = tuple[str, str]
 class TaskRunner:
     """One task: its statistics, its mailbox memory and its in-flight probes."""
 
-    def __init__(self, device: str, task: TaskConfig, signer: Signer) -> None:
-        self.device = device
+    def __init__(self, device: DeviceConfig, task: TaskConfig, signer: Signer) -> None:
+        self.device = device.name
         self.task = task
         self.signer = signer
-        self.stats = TaskStats(device, task.name)
+        self.stats = TaskStats(device.name, task.name, device.interval, task.email_timeout)
         self.mailbox = Mailbox(task.incoming, signer, on_late=self._late_arrival)
         self.probes: set[asyncio.Task[None]] = set()
 
@@ -117,7 +117,8 @@ class Scheduler:
             await self.runners.pop(key).stop()
         for key, (device, task) in wanted.items():
             if key not in self.runners:
-                self.runners[key] = TaskRunner(device.name, task, self.signer)
+                self.runners[key] = TaskRunner(device, task, self.signer)
+            self.runners[key].stats.interval = device.interval  # a device's interval may change on reload
         for device in config.devices:
             runners = [self.runners[(device.name, task.name)] for task in device.tasks]
             self._loops.append(asyncio.create_task(self._device_loop(device, runners), name=f"device {device.name}"))

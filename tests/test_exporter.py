@@ -44,7 +44,7 @@ def released(rig: MailRig) -> Iterator[None]:
 def runner_for(task: dict[str, Any]) -> tuple[TaskRunner, DeviceRun]:
     config = config_of(task)
     device, task_config = config.tasks()[0]
-    return TaskRunner(device.name, task_config, SIGNER), DeviceRun(device)
+    return TaskRunner(device, task_config, SIGNER), DeviceRun(device)
 
 
 async def finish(runner: TaskRunner) -> None:
