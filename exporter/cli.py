@@ -23,6 +23,7 @@ from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
 DEFAULT_LISTEN = ":9925"
+KEEPALIVE_SECONDS = 75.0
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -84,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def serve(exporter: Exporter, host: str | None, port: int, web_config: WebConfig | None = None) -> int:
-    runner = web.AppRunner(make_app(exporter, web_config), access_log=None)
+    # aiohttp keeps an idle connection for an hour by default: a crowd of silent clients would then
+    # hold file descriptors that probes need. Prometheus reconnects cheaply; 75 s is plenty.
+    runner = web.AppRunner(make_app(exporter, web_config), access_log=None, keepalive_timeout=KEEPALIVE_SECONDS)
     await runner.setup()
     ssl_context = web_config.ssl_context if web_config else None
     try:

@@ -161,14 +161,14 @@ _ADDRESS = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+$")
 _HOST = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?\.?$")
 
 
-class _Node:
+class Node:
     """A mapping being read, remembering its path so errors can name the field."""
 
     def __init__(self, data: Any, path: str, source: str) -> None:
         self.path = path
         self.source = source
         if not isinstance(data, Mapping):
-            raise self.error(f"must be a mapping, got {_kind(data)}")
+            raise self.error(f"must be a mapping, got {kind_of(data)}")
         self.data: Mapping[str, Any] = data
         self.used: set[str] = set()
 
@@ -197,16 +197,16 @@ class _Node:
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
 
-    def child(self, key: str) -> _Node:
+    def child(self, key: str) -> Node:
         self.used.add(key)
-        return _Node(self.data.get(key) or {}, self.child_path(key), self.source)
+        return Node(self.data.get(key) or {}, self.child_path(key), self.source)
 
-    def children(self, key: str) -> list[_Node]:
+    def children(self, key: str) -> list[Node]:
         self.used.add(key)
         items = self.data.get(key) or []
         if not isinstance(items, list):
-            raise self.error(f"must be a list, got {_kind(items)}", key)
-        return [_Node(item, f"{self.child_path(key)}[{i}]", self.source) for i, item in enumerate(items)]
+            raise self.error(f"must be a list, got {kind_of(items)}", key)
+        return [Node(item, f"{self.child_path(key)}[{i}]", self.source) for i, item in enumerate(items)]
 
     def finish(self) -> None:
         unknown = sorted(set(map(str, self.data)) - self.used)
@@ -214,15 +214,15 @@ class _Node:
             raise self.error(f"unknown key {unknown[0]!r}", None)
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     return {list: "a list", dict: "a mapping", str: "a string", bool: "a boolean"}.get(
         type(value), type(value).__name__
     )
 
 
-def _string(value: Any) -> str:
+def as_string(value: Any) -> str:
     if not isinstance(value, str | int) or isinstance(value, bool):
-        raise ValueError(f"must be a string, got {_kind(value)}")
+        raise ValueError(f"must be a string, got {kind_of(value)}")
     text = str(value)
     if any(c in text for c in "\r\n\0"):
         raise ValueError("must not contain CR, LF or NUL")
@@ -230,20 +230,20 @@ def _string(value: Any) -> str:
 
 
 def _name(value: Any) -> str:
-    text = _string(value)
+    text = as_string(value)
     if not _NAME.match(text):
         raise ValueError(f"{text!r} is not a valid name (letters, digits, '_', '.', '-'; at most 63)")
     return text
 
 
 def _address(value: Any) -> str:
-    text = _string(value)
+    text = as_string(value)
     if not _ADDRESS.match(text):
         raise ValueError(f"{text!r} is not an e-mail address")
     return text
 
 
-def _bool(value: Any) -> bool:
+def as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in {"on", "off", "yes", "no", "true", "false"}:
@@ -289,7 +289,7 @@ def _duration(bare_unit: str, maximum: float | None = None) -> Callable[[Any], f
 
 
 def _host(value: Any) -> str:
-    text = _string(value).strip()
+    text = as_string(value).strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     try:
@@ -323,14 +323,14 @@ def _port_text(text: str) -> int:
 # --- secrets -----------------------------------------------------------------------------------
 
 
-def _read_secret(node: _Node, base_dir: Path) -> Secret | None:
+def _read_secret(node: Node, base_dir: Path) -> Secret | None:
     sources = [key for key in ("password", "password_env", "password_file") if node.has(key)]
     if len(sources) > 1:
         raise node.error(f"give only one of password, password_env, password_file (got {', '.join(sources)})")
     if not sources:
         return None
     key = sources[0]
-    text = node.get(key, _string, "")
+    text = node.get(key, as_string, "")
     if key == "password":
         return Secret(text)
     if key == "password_env":
@@ -355,14 +355,14 @@ _WELL_KNOWN = {
 _IMPLICIT_PORTS = {465, 993, 995}
 
 
-def _security(node: _Node, kind: str, port: int | None) -> Security:
+def _security(node: Node, kind: str, port: int | None) -> Security:
     """Explicit ``security``, else the product's ``ssl`` on/off, else derived from the port."""
     if node.has("security") and node.has("ssl"):
         raise node.error("give either security or ssl, not both")
     if node.has("security"):
         return node.get("security", _enum(Security), Security.STARTTLS)
     if node.has("ssl"):
-        if not node.get("ssl", _bool, True):
+        if not node.get("ssl", as_bool, True):
             return Security.NONE
         return Security.STARTTLS if port is not None and port not in _IMPLICIT_PORTS else Security.TLS
     if port is None:
@@ -373,7 +373,7 @@ def _security(node: _Node, kind: str, port: int | None) -> Security:
 def _enum(kind: type[StrEnum]) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         try:
-            return kind(_string(value).lower())
+            return kind(as_string(value).lower())
         except ValueError:
             choices = "|".join(member.value for member in kind)
             raise ValueError(f"must be one of {choices}, got {value!r}") from None
@@ -381,8 +381,8 @@ def _enum(kind: type[StrEnum]) -> Callable[[Any], Any]:
     return convert
 
 
-def _server_fields(node: _Node, kind: str, base_dir: Path) -> dict[str, Any]:
-    host_text = node.require("host", _string)
+def _server_fields(node: Node, kind: str, base_dir: Path) -> dict[str, Any]:
+    host_text = node.require("host", as_string)
     try:
         host, port_in_host = split_host_port(host_text)
         host = _host(host)
@@ -399,18 +399,18 @@ def _server_fields(node: _Node, kind: str, base_dir: Path) -> dict[str, Any]:
             port = 25
     tls = TLSOptions(
         ca_file=node.get("ca_file", _existing_file(node, base_dir), None),
-        insecure_skip_verify=node.get("insecure_skip_verify", _bool, False),
+        insecure_skip_verify=node.get("insecure_skip_verify", as_bool, False),
     )
-    user = node.get("user", _string, None)
+    user = node.get("user", as_string, None)
     password = _read_secret(node, base_dir)
     if password is not None and user is None:
         raise node.error("a password is given but no user", "user")
     return {"host": host, "port": port, "security": security, "tls": tls, "user": user, "password": password}
 
 
-def _existing_file(node: _Node, base_dir: Path) -> Callable[[Any], str]:
+def _existing_file(node: Node, base_dir: Path) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
-        path = base_dir / _string(value)
+        path = base_dir / as_string(value)
         if not path.is_file():
             raise ValueError(f"file {str(path)!r} does not exist")
         return str(path)
@@ -418,18 +418,18 @@ def _existing_file(node: _Node, base_dir: Path) -> Callable[[Any], str]:
     return convert
 
 
-def _smtp(node: _Node, base_dir: Path) -> ServerConfig:
+def _smtp(node: Node, base_dir: Path) -> ServerConfig:
     server = ServerConfig(**_server_fields(node, "smtp", base_dir))
     node.finish()
     return server
 
 
-def _incoming(node: _Node, base_dir: Path) -> IncomingConfig:
+def _incoming(node: Node, base_dir: Path) -> IncomingConfig:
     protocol = node.require("protocol", _enum(Protocol))
     fields = _server_fields(node, protocol.value, base_dir)
     if fields["user"] is None or fields["password"] is None:
         raise node.error("user and a password (password, password_env or password_file) are required")
-    mailbox = node.get("mailbox", _string, "INBOX")
+    mailbox = node.get("mailbox", as_string, "INBOX")
     if protocol is Protocol.POP3 and mailbox != "INBOX":
         raise node.error("POP3 has only the INBOX; remove mailbox", "mailbox")
     incoming = IncomingConfig(
@@ -446,7 +446,7 @@ def _incoming(node: _Node, base_dir: Path) -> IncomingConfig:
 
 
 def _dns_server(value: Any) -> tuple[str, int]:
-    host, port = split_host_port(_string(value))
+    host, port = split_host_port(as_string(value))
     try:
         address = str(ipaddress.ip_address(host))
     except ValueError:
@@ -454,10 +454,10 @@ def _dns_server(value: Any) -> tuple[str, int]:
     return address, port or 53
 
 
-def _dns(node: _Node) -> DNSConfig:
+def _dns(node: Node) -> DNSConfig:
     hosts = []
     for entry in node.children("hosts"):
-        address = entry.require("address", _string)
+        address = entry.require("address", as_string)
         try:
             address = str(ipaddress.ip_address(address))
         except ValueError:
@@ -467,7 +467,7 @@ def _dns(node: _Node) -> DNSConfig:
     node.used.add("servers")
     servers_raw = node.data.get("servers") or []
     if not isinstance(servers_raw, list):
-        raise node.error(f"must be a list, got {_kind(servers_raw)}", "servers")
+        raise node.error(f"must be a list, got {kind_of(servers_raw)}", "servers")
     servers = []
     for i, raw in enumerate(servers_raw):
         try:
@@ -490,7 +490,7 @@ def _dns(node: _Node) -> DNSConfig:
 # --- tasks and devices -------------------------------------------------------------------------
 
 
-def _task(node: _Node, base_dir: Path) -> TaskConfig:
+def _task(node: Node, base_dir: Path) -> TaskConfig:
     name = node.require("name", _name)
     destination = node.require("destination", _address)
     smtp = _smtp(node.child("smtp"), base_dir) if node.has("smtp") else None
@@ -515,7 +515,7 @@ def _task(node: _Node, base_dir: Path) -> TaskConfig:
     return task
 
 
-def _device(node: _Node, base_dir: Path) -> DeviceConfig:
+def _device(node: Node, base_dir: Path) -> DeviceConfig:
     name = node.require("name", _name)
     tasks_nodes = node.children("tasks")
     if not tasks_nodes:
@@ -532,7 +532,7 @@ def _device(node: _Node, base_dir: Path) -> DeviceConfig:
     return device
 
 
-def _unique(names: list[str], nodes: list[_Node], what: str) -> None:
+def _unique(names: list[str], nodes: list[Node], what: str) -> None:
     seen: set[str] = set()
     for name, node in zip(names, nodes, strict=True):
         if name in seen:
@@ -542,7 +542,7 @@ def _unique(names: list[str], nodes: list[_Node], what: str) -> None:
 
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
     base = base_dir or Path.cwd()
-    root = _Node(data if data is not None else {}, "", source)
+    root = Node(data if data is not None else {}, "", source)
     devices_nodes = root.children("devices")
     if not devices_nodes:
         raise root.error("needs at least one device", "devices")
@@ -552,17 +552,22 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     return Config(devices=devices, source=source)
 
 
-def load_config(path: str | Path) -> Config:
-    path = Path(path)
+def read_yaml(path: Path) -> Any:
+    """The parsed file, or a ConfigError saying where and what, without quoting the file's text:
+    PyYAML quotes undefined aliases and unknown tags, which may be a password written unquoted."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        problem = re.sub(r"'[^']*'", "'...'", getattr(exc, "problem", None) or "invalid YAML")
         raise ConfigError(f"{path}: {where}{problem}") from None
-    return parse_config(data, str(path), path.parent)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    return parse_config(read_yaml(path), str(path), path.parent)

@@ -327,7 +327,11 @@ class Pop3Session:
     async def _examine(
         self, uidl: str, number: int, tokens: Collection[str], sweep_before: float | None
     ) -> FoundLetter | None:
-        lines = await self.client.multiline("TOP", str(number), "0", limit=TOP_LIMIT, max_lines=TOP_LINES)
+        ok, _ = await self.client.command("TOP", str(number), "0")
+        if not ok:
+            # Another client (a user's mail program, another task) deleted it since our UIDL: skip it.
+            return None
+        lines = await self.client.data_lines("TOP", TOP_LIMIT, TOP_LINES)
         headers = b"\r\n".join(lines) + b"\r\n"
         token = header_token(self.signer, headers)
         if token is None:

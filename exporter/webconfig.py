@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.config import ConfigError, _bool, _kind, _Node, _string
+from exporter.config import Node, as_bool, as_string, kind_of, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ _UNSUPPORTED_TLS = {
     "curve_preferences": "is not supported by mail-roundtrip-exporter",
 }
 
-_BCRYPT_HASH = re.compile(r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
+_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}$")  # cost 4..31
 
 
 @dataclass(frozen=True)
@@ -106,25 +105,11 @@ class WebConfig:
 
 def load_web_config(path: str | Path) -> WebConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
-    return parse_web_config(data, str(path), path.parent)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """Where and what, without the quoted token: PyYAML quotes aliases and tags, which may be a secret."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    problem = getattr(exc, "problem", None) or "invalid YAML"
-    return where + re.sub(r"'[^']*'", "'...'", problem)
+    return parse_web_config(read_yaml(path), str(path), path.parent)
 
 
 def parse_web_config(data: Any, source: str, base_dir: Path) -> WebConfig:
-    root = _Node(data if data is not None else {}, "", source)
+    root = Node(data if data is not None else {}, "", source)
     _refuse_unsupported(root, _UNSUPPORTED_TOP)
     context = _tls(root.child("tls_server_config"), base_dir) if root.has("tls_server_config") else None
     headers = _http(root.child("http_server_config"))
@@ -133,7 +118,7 @@ def parse_web_config(data: Any, source: str, base_dir: Path) -> WebConfig:
     return WebConfig(source=source, ssl_context=context, users=users, headers=headers)
 
 
-def _refuse_unsupported(node: _Node, keys: Mapping[str, str]) -> None:
+def _refuse_unsupported(node: Node, keys: Mapping[str, str]) -> None:
     for key, why in keys.items():
         node.used.add(key)
         if node.data.get(key):
@@ -143,7 +128,7 @@ def _refuse_unsupported(node: _Node, keys: Mapping[str, str]) -> None:
 def _file(base_dir: Path) -> Callable[[Any], str]:
     # Relative to the web config file, as exporter-toolkit does.
     def convert(value: Any) -> str:
-        path = base_dir / _string(value)
+        path = base_dir / as_string(value)
         if not path.is_file():
             raise ValueError(f"file {str(path)!r} does not exist")
         return str(path)
@@ -153,7 +138,7 @@ def _file(base_dir: Path) -> Callable[[Any], str]:
 
 def _choice(choices: Mapping[str, Any]) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
-        text = _string(value)
+        text = as_string(value)
         if text not in choices:
             raise ValueError(f"must be one of {'|'.join(choices)}, got {text!r}")
         return choices[text]
@@ -161,7 +146,7 @@ def _choice(choices: Mapping[str, Any]) -> Callable[[Any], Any]:
     return convert
 
 
-def _tls(node: _Node, base_dir: Path) -> ssl.SSLContext:
+def _tls(node: Node, base_dir: Path) -> ssl.SSLContext:
     _refuse_unsupported(node, _UNSUPPORTED_TLS)
     cert_file = node.require("cert_file", _file(base_dir))
     key_file = node.require("key_file", _file(base_dir))
@@ -174,7 +159,7 @@ def _tls(node: _Node, base_dir: Path) -> ssl.SSLContext:
     _client_auth(node, context, base_dir)
     _versions(node, context)
     _ciphers(node, context)
-    if node.get("prefer_server_cipher_suites", _bool, True):
+    if node.get("prefer_server_cipher_suites", as_bool, True):
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -186,7 +171,7 @@ def _ssl_reason(exc: ssl.SSLError | OSError) -> str:
     return str(getattr(exc, "reason", None) or exc.strerror or exc).lower().replace("_", " ")
 
 
-def _client_auth(node: _Node, context: ssl.SSLContext, base_dir: Path) -> None:
+def _client_auth(node: Node, context: ssl.SSLContext, base_dir: Path) -> None:
     names = {name: name for name in [*_CLIENT_AUTH, *_CLIENT_AUTH_UNSUPPORTED]}
     name = node.get("client_auth_type", _choice(names), "NoClientCert")
     if name in _CLIENT_AUTH_UNSUPPORTED:
@@ -206,7 +191,7 @@ def _client_auth(node: _Node, context: ssl.SSLContext, base_dir: Path) -> None:
     context.verify_mode = mode
 
 
-def _versions(node: _Node, context: ssl.SSLContext) -> None:
+def _versions(node: Node, context: ssl.SSLContext) -> None:
     minimum = node.get("min_version", _choice(_TLS_VERSIONS), ssl.TLSVersion.TLSv1_2)
     maximum = node.get("max_version", _choice(_TLS_VERSIONS), None)
     if maximum is not None and maximum < minimum:
@@ -216,16 +201,17 @@ def _versions(node: _Node, context: ssl.SSLContext) -> None:
         context.maximum_version = maximum
 
 
-def _ciphers(node: _Node, context: ssl.SSLContext) -> None:
+def _ciphers(node: Node, context: ssl.SSLContext) -> None:
     node.used.add("cipher_suites")
     names = node.data.get("cipher_suites") or []
     if not isinstance(names, list):
-        raise node.error(f"must be a list, got {_kind(names)}", "cipher_suites")
+        raise node.error(f"must be a list, got {kind_of(names)}", "cipher_suites")
     openssl_names = []
     for i, name in enumerate(names):
-        if name in _CIPHERS_TLS12:
-            openssl_names.append(_CIPHERS_TLS12[name])
-        elif name not in _CIPHERS_TLS13:
+        key = name if isinstance(name, str) else ""
+        if key in _CIPHERS_TLS12:
+            openssl_names.append(_CIPHERS_TLS12[key])
+        elif key not in _CIPHERS_TLS13:
             raise node.error(f"unknown or insecure cipher suite {name!r}", f"cipher_suites[{i}]")
     if openssl_names:
         try:
@@ -234,15 +220,15 @@ def _ciphers(node: _Node, context: ssl.SSLContext) -> None:
             raise node.error("none of these cipher suites is available in this OpenSSL", "cipher_suites") from None
 
 
-def _http(node: _Node) -> tuple[tuple[str, str], ...]:
-    node.get("http2", _bool, True)  # aiohttp speaks HTTP/1.1 only; accepted so shared files stay valid
+def _http(node: Node) -> tuple[tuple[str, str], ...]:
+    node.get("http2", as_bool, True)  # aiohttp speaks HTTP/1.1 only; accepted so shared files stay valid
     headers_node = node.child("headers")
     headers = []
     for name in map(str, headers_node.data):
         if name not in _HEADERS:
             raise headers_node.error(f"HTTP header {name!r} cannot be configured (only {', '.join(_HEADERS)})")
         allowed = _HEADERS[name]
-        value = headers_node.get(name, _string, "")
+        value = headers_node.get(name, as_string, "")
         if value and allowed is not None and value.lower() not in allowed:
             raise headers_node.error(f"must be one of {'|'.join(sorted(allowed))}, got {value!r}", name)
         if value:  # blank means unset, as in exporter-toolkit
@@ -252,7 +238,7 @@ def _http(node: _Node) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
-def _users(node: _Node) -> dict[str, bytes]:
+def _users(node: Node) -> dict[str, bytes]:
     users = {}
     for key, value in node.data.items():
         user = str(key)
@@ -260,12 +246,13 @@ def _users(node: _Node) -> dict[str, bytes]:
             raise node.error("a basic auth user name cannot contain ':'", user)
         # Never echo the value: it is a password hash, or (a common mistake) the password itself.
         if not isinstance(value, str) or not _BCRYPT_HASH.match(value):
-            raise node.error("must be a bcrypt hash ($2a$/$2b$/$2y$...), got something else", user)
+            raise node.error("must be a bcrypt hash ($2a$, $2b$ or $2y$, cost 4..31), got something else", user)
         users[user] = value.encode()
     return users
 
 
 # --- serving ---------------------------------------------------------------------------------------
+
 
 class BasicAuth:
     """Checks ``Authorization: Basic`` against bcrypt hashes without a bcrypt run per scrape.

@@ -217,6 +217,28 @@ async def test_duplicate_uidl_is_never_found_nor_deleted() -> None:
         await session.close()
 
 
+async def test_letter_expunged_between_uidl_and_top_is_skipped() -> None:
+    """Another client deleted message 1 after our UIDL: skip it, still find ours."""
+    token = SIGNER.new_token()
+    ours = letter(token).replace(b"\r\n.", b"\r\n..")
+
+    async def handler(peer: Peer) -> None:
+        await peer.send(b"+OK\r\n")
+        replies = (b"+OK\r\n", b"+OK\r\n", b"+OK\r\n1 gone\r\n2 mine\r\n.\r\n",
+                   b"-ERR Message 1 expunged.\r\n", b"+OK\r\n" + ours.split(b"\r\n\r\n")[0] + b"\r\n\r\n.\r\n")
+        for reply in replies:
+            await peer.line()
+            await peer.send(reply)
+        await peer.until_eof()
+
+    async with serve(handler) as server:
+        session = await login(server)
+        found = await session.find({token.value})
+        assert [letter.ref for letter in found] == ["mine"]
+        assert "gone" not in session.memo  # not known to be foreign: it is simply gone
+        await session.close()
+
+
 async def test_forged_token_is_not_ours(fake: tuple[FakeMailbox, HostileServer]) -> None:
     box, server = fake
     forged = Signer(b"another key").new_token()
