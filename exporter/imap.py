@@ -213,7 +213,32 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         if not self._closed.done():
             self._closed.set_result(None)
 
+    # What the server said that aioimaplib does not tell: the greeting (on anything but OK/PREAUTH it
+    # fails in a task of its own and leaves the caller waiting for ever) and a BYE before a hang-up.
+    _greeting: asyncio.Future[bytes] | None = None
+    _bye: bytes | None = None
+
+    def _watch_lines(self) -> None:
+        """Note the greeting and any BYE as lines arrive; keep a greeting that is not OK/PREAUTH from
+        aioimaplib. Runs before the first await on the connection, so no line can come earlier."""
+        if self._greeting is not None:
+            return
+        greeting = self._greeting = asyncio.get_running_loop().create_future()
+        handle = self.protocol._handle_line
+
+        def watched(line: bytes, current: Any) -> Any:
+            if line[:5].upper() == b"* BYE":
+                self._bye = line
+            if line and not greeting.done():
+                greeting.set_result(line)
+                if not line[:10].upper().startswith((b"* OK", b"* PREAUTH")):
+                    return None
+            return handle(line, current)
+
+        self.protocol._handle_line = watched
+
     async def handshake(self) -> None:
+        self._watch_lines()
         try:
             await self._client_task
         except (ssl.SSLError, ssl.CertificateError, ConnectionError) as exc:
@@ -221,6 +246,12 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
 
     async def greeting(self) -> None:
         await self.handshake()
+        assert self._greeting is not None
+        line = await self.run("the greeting", self._greeting)
+        if line[:5].upper() == b"* BYE":
+            raise MailboxFailure(f"server refused the session: {_said(line)}")
+        if not line[:10].upper().startswith((b"* OK", b"* PREAUTH")):
+            raise ProtocolFailure(f"not an IMAP greeting: {_said(line)}")
         await self.run("the greeting", self.protocol.wait("AUTH|NONAUTH"))
 
     async def starttls(self, context: ssl.SSLContext, host: str) -> None:
@@ -262,7 +293,8 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
             raise
         if not task.done():
             task.cancel()
-            raise ProtocolFailure(f"connection closed by the server during {command}")
+            bye = f" ({_said(self._bye)})" if self._bye is not None else ""
+            raise ProtocolFailure(f"connection closed by the server during {command}{bye}")
         try:
             return task.result()
         except ProbeError:
@@ -288,3 +320,9 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         else:
             self._client_task.cancel()
             self._sock.close()
+
+
+def _said(line: bytes) -> str:
+    """A server's line for an error message: one line, printable, bounded."""
+    text = " ".join(line.decode(errors="replace").split())
+    return "".join(c if c.isprintable() else "?" for c in text)[:300]

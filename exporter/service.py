@@ -16,6 +16,7 @@ from exporter.metrics import ExporterCollector, ReloadStatus
 from exporter.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+SHUTDOWN_SECONDS = 5.0
 
 
 def warn_unverified(config: Config) -> None:
@@ -64,5 +65,12 @@ class Exporter:
             loop.add_signal_handler(sig, self.stopping.set)
 
     async def stop(self) -> None:
-        await self.scheduler.stop()
+        """Cancel probes and close their connections; a server that ignores our goodbyes cannot
+        hold up the exit for long (each polite LOGOUT/QUIT is bounded too)."""
+        try:
+            async with asyncio.timeout(SHUTDOWN_SECONDS):
+                await self.scheduler.stop()
+        except TimeoutError:
+            log.warning("probes did not finish closing in time; exiting anyway",
+                        extra={"seconds": SHUTDOWN_SECONDS})
         log.info("exporter stopped")

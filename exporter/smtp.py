@@ -195,7 +195,8 @@ def _tls_cause(exc: BaseException | None) -> BaseException | None:
 
 
 def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
-    return _clean(f"{exc.code} {exc.message}")
+    # aiosmtplib reports a line that is no SMTP reply at all with code -1: show only the line then.
+    return _clean(f"{exc.code} {exc.message}" if exc.code >= 0 else exc.message)
 
 
 def _clean(text: str, limit: int = 300) -> str:

@@ -7,6 +7,10 @@ protocol events (a line arriving, the client hanging up), never on sleeps.
 
 On leaving ``serve`` every handler still running is cancelled, and the first exception a handler
 raised (other than the client hanging up) is raised in the test, so a broken script cannot pass.
+
+Ready-made behaviours that fit any protocol: ``tarpit`` (accepts, never speaks), ``drip(data)`` (one
+byte at a time, slowly), ``proxy(host, port)`` (passes everything through to a real server) and
+``Switch`` (a handler that can be swapped while the server runs: a fault that starts and ends).
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ class HostileServer:
         async with clock.phase("mailbox_connect", on_timeout=ConnectFailure):
             return await net.connect_any([self.host], self.port)
 
+    @property
+    def busy(self) -> int:
+        """How many connections a handler is serving right now."""
+        return len(self._tasks)
+
     async def finished(self) -> None:
         """Wait until every handler started so far has returned (the client's session is over)."""
         while self._tasks:
@@ -115,3 +124,57 @@ async def serve(handler: Handler, *, ssl_context: ssl.SSLContext | None = None) 
         await server.wait_closed()
     if state.errors:
         raise state.errors[0]
+
+
+# --- behaviours for any protocol -----------------------------------------------------------------
+
+
+async def tarpit(peer: Peer) -> None:
+    """Accept the connection and never say a word, until the client gives up."""
+    await peer.until_eof()
+
+
+def drip(data: bytes, every: float = 1.0) -> Handler:
+    """Send ``data`` one byte at a time, ``every`` seconds apart (the sleeping is the fault itself)."""
+
+    async def handler(peer: Peer) -> None:
+        for byte in data:
+            await peer.send(bytes([byte]))
+            await asyncio.sleep(every)
+        await peer.until_eof()
+
+    return handler
+
+
+def proxy(host: str, port: int) -> Handler:
+    """Pass the connection through to ``host:port`` byte for byte, both ways, until either side hangs up."""
+
+    async def handler(peer: Peer) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        pumps = {asyncio.ensure_future(_pump(peer.reader, writer)), asyncio.ensure_future(_pump(reader, peer.writer))}
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            writer.transport.abort()
+
+    return handler
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(*_HANGUPS):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+class Switch:
+    """A handler that can be replaced while the server runs; new connections get the current one."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def __call__(self, peer: Peer) -> None:
+        await self.handler(peer)
