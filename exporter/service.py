@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import exposition as text_exposition
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from exporter.config import Config, ConfigError, load_config
 from exporter.message import Signer
-from exporter.metrics import ExporterCollector, ReloadStatus
+from exporter.metrics import ReloadStatus, SelfCollector, TaskStats, render_tasks
 from exporter.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,17 @@ class Exporter:
         self.config = config
         self.scheduler = Scheduler(signer)
         self.reload_status = ReloadStatus()
-        self.registry = CollectorRegistry()
-        self.registry.register(ExporterCollector(self.scheduler.stats, self.reload_status))
+        self.registry = CollectorRegistry()  # the exporter's own and the process's metrics
+        self.registry.register(SelfCollector(self.reload_status))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._reload_lock = asyncio.Lock()
         self.stopping = asyncio.Event()
+
+    def render_metrics(self, stats: list[TaskStats], openmetrics: bool) -> bytes:
+        """The whole scrape: task metrics rendered directly, then the registry's (ending in # EOF for OpenMetrics)."""
+        registry: bytes = (openmetrics_exposition if openmetrics else text_exposition).generate_latest(self.registry)
+        return render_tasks(stats, openmetrics).encode() + registry
 
     async def start(self) -> None:
         await self.scheduler.apply(self.config)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.errors import Reason
-from exporter.metrics import ExporterCollector, ReloadStatus, TaskStats
+from exporter.metrics import ReloadStatus, SelfCollector, TaskStats, render_tasks
 from exporter.probe import PHASES, ProbeResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,13 +49,21 @@ def _probe_result() -> ProbeResult:
     )
 
 
+def scrape_text(stats: TaskStats) -> str:
+    """What /metrics serves for this task and a failing one (text format), without the process metrics."""
+    failing = TaskStats("d", "failing", 60.0, 600.0)
+    failing.record(ProbeResult(device="d", task="failing", token="x", started=0.0, reason=Reason.AUTH,
+                               failed_phase="smtp_auth", finished=1.0))
+    registry = CollectorRegistry()
+    registry.register(SelfCollector(ReloadStatus()))
+    return render_tasks([stats, failing], openmetrics=False) + generate_latest(registry).decode()
+
+
 def exported() -> tuple[set[str], set[str]]:
     """(sample names, label names) the exporter's collector produces, rendered as Prometheus scrapes it."""
     stats = TaskStats("d", "t", 60.0, 600.0)
     stats.record(_probe_result())
-    registry = CollectorRegistry()
-    registry.register(ExporterCollector(lambda: [stats], ReloadStatus()))
-    text = generate_latest(registry).decode()
+    text = scrape_text(stats)
     names: set[str] = set()
     labels: set[str] = set()
     for family in text_string_to_metric_families(text):
@@ -79,9 +87,7 @@ def test_the_fake_source_fills_every_metric_family() -> None:
     """Guards the fixture: a family without samples would make the name checks below too strict or too lenient."""
     stats = TaskStats("d", "t", 60.0, 600.0)
     stats.record(_probe_result())
-    registry = CollectorRegistry()
-    registry.register(ExporterCollector(lambda: [stats], ReloadStatus()))
-    empty = [f.name for f in text_string_to_metric_families(generate_latest(registry).decode()) if not f.samples]
+    empty = [f.name for f in text_string_to_metric_families(scrape_text(stats)) if not f.samples]
     assert not empty, f"_probe_result() leaves these families empty: {empty}"
 
 

@@ -1,0 +1,58 @@
+"""The directly written exposition parses in both formats and says what the statistics say."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.errors import Reason
+from exporter.metrics import TaskStats, render_tasks
+from exporter.probe import PHASES, ProbeResult
+
+
+def stats() -> list[TaskStats]:
+    now = time.time()
+    ok = TaskStats("dev-1", 'odd "task"\\name', 60.0, 600.0)
+    ok.record(ProbeResult(device="dev-1", task="t", token="x", started=now - 1, success=True,
+                          phases=dict.fromkeys(PHASES, 0.25), dns_cached={"smtp": True, "mailbox": False},
+                          delivery_seconds=1.5, accepted_wall=now, finished=now))
+    failed = TaskStats("dev-1", "failing", 60.0, 600.0)
+    failed.record(ProbeResult(device="dev-1", task="failing", token="y", started=now - 1, reason=Reason.AUTH,
+                              failed_phase="mailbox_login", finished=now))
+    return [ok, failed]
+
+
+def samples(families: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in families for s in family.samples}  # type: ignore[attr-defined]
+
+
+def test_text_and_openmetrics_agree() -> None:
+    both = stats()
+    text = samples(parse_text(render_tasks(both, openmetrics=False)))
+    openmetrics = samples(parse_openmetrics(render_tasks(both, openmetrics=True) + "# EOF\n"))
+    assert text == openmetrics
+    odd = 'odd "task"\\name'
+    assert text[key("probe_success", task=odd)] == 1.0
+    assert text[key("probe_success", task="failing")] == 0.0
+    assert text[key("probe_failures_total", task="failing", reason="auth")] == 1.0
+    assert text[key("probe_failure_phase", task="failing", phase="mailbox_login")] == 1.0
+    assert text[key("delivery_seconds_bucket", task=odd, le="1.0")] == 0.0
+    assert text[key("delivery_seconds_bucket", task=odd, le="2.5")] == 1.0
+    assert text[key("delivery_seconds_count", task=odd)] == 1.0
+    assert text[key("dns_lookups_total", task=odd, leg="smtp", cache="hit")] == 1.0
+
+
+def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return f"mail_roundtrip_{name}", tuple(sorted({"device": "dev-1", **labels}.items()))
+
+
+def test_thousand_tasks_render() -> None:
+    many = [TaskStats("d", f"task-{i}", 60.0, 600.0) for i in range(1000)]
+    started = time.perf_counter()
+    body = render_tasks(many, openmetrics=False)
+    print(f"\n1,000 tasks: {len(body.splitlines())} lines, {len(body) / 1e6:.1f} MB, "
+          f"{(time.perf_counter() - started) * 1000:.0f} ms")
+    assert sum(1 for _ in parse_text(body)) > 10
