@@ -198,6 +198,7 @@ async def wait_for_letter(
     sweep_before: float | None = time.time() - SWEEP_AGE  # the first search of a probe also sweeps
     try:
         while True:
+            check_started = time.monotonic()
             if session is None:
                 session = await mailbox.open(clock, resolve, result)
             async with clock.phase("mailbox_search"):
@@ -215,13 +216,15 @@ async def wait_for_letter(
                     await session.delete(to_delete)
             if mine:
                 return mine[0], seen
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 raise DeliveryTimeout(
                     f"letter not found within {task.email_timeout:g}s of acceptance ({receipt.reply})",
                     phase="mailbox_search",
                 )
-            wait = min(task.incoming.poll_interval, remaining)
+            # Checks start every poll_interval (not poll_interval after the last one ended), so the
+            # detection delay of polling stays below the interval.
+            wait = max(0.0, min(check_started + task.incoming.poll_interval, deadline) - now)
             if session.snapshot:  # POP3: a session never sees new mail; log in again after the wait
                 await session.close()
                 session = None
