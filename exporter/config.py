@@ -398,7 +398,7 @@ def _server_fields(node: Node, kind: str, base_dir: Path) -> dict[str, Any]:
         if kind == "smtp" and security is Security.NONE:
             port = 25
     tls = TLSOptions(
-        ca_file=node.get("ca_file", _existing_file(node, base_dir), None),
+        ca_file=node.get("ca_file", existing_file(base_dir), None),
         insecure_skip_verify=node.get("insecure_skip_verify", as_bool, False),
     )
     user = node.get("user", as_string, None)
@@ -408,7 +408,9 @@ def _server_fields(node: Node, kind: str, base_dir: Path) -> dict[str, Any]:
     return {"host": host, "port": port, "security": security, "tls": tls, "user": user, "password": password}
 
 
-def _existing_file(node: Node, base_dir: Path) -> Callable[[Any], str]:
+def existing_file(base_dir: Path) -> Callable[[Any], str]:
+    """A converter for a path that must name a file; relative paths are relative to ``base_dir``."""
+
     def convert(value: Any) -> str:
         path = base_dir / as_string(value)
         if not path.is_file():

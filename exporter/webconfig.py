@@ -26,7 +26,7 @@ import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.config import Node, as_bool, as_string, kind_of, read_yaml
+from exporter.config import Node, as_bool, as_string, existing_file, kind_of, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +125,6 @@ def _refuse_unsupported(node: Node, keys: Mapping[str, str]) -> None:
             raise node.error(why, key)
 
 
-def _file(base_dir: Path) -> Callable[[Any], str]:
-    # Relative to the web config file, as exporter-toolkit does.
-    def convert(value: Any) -> str:
-        path = base_dir / as_string(value)
-        if not path.is_file():
-            raise ValueError(f"file {str(path)!r} does not exist")
-        return str(path)
-
-    return convert
-
-
 def _choice(choices: Mapping[str, Any]) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         text = as_string(value)
@@ -148,8 +137,8 @@ def _choice(choices: Mapping[str, Any]) -> Callable[[Any], Any]:
 
 def _tls(node: Node, base_dir: Path) -> ssl.SSLContext:
     _refuse_unsupported(node, _UNSUPPORTED_TLS)
-    cert_file = node.require("cert_file", _file(base_dir))
-    key_file = node.require("key_file", _file(base_dir))
+    cert_file = node.require("cert_file", existing_file(base_dir))
+    key_file = node.require("key_file", existing_file(base_dir))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         # A passphrase prompt on the terminal would hang a service: an encrypted key is an error.
@@ -176,7 +165,7 @@ def _client_auth(node: Node, context: ssl.SSLContext, base_dir: Path) -> None:
     name = node.get("client_auth_type", _choice(names), "NoClientCert")
     if name in _CLIENT_AUTH_UNSUPPORTED:
         raise node.error(_CLIENT_AUTH_UNSUPPORTED[name], "client_auth_type")
-    ca_file = node.get("client_ca_file", _file(base_dir), None)
+    ca_file = node.get("client_ca_file", existing_file(base_dir), None)
     if ca_file is not None and name == "NoClientCert":
         raise node.error("is given but client_auth_type is NoClientCert (no certificate is asked for)",
                          "client_ca_file")

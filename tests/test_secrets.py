@@ -312,17 +312,10 @@ def test_loader_errors_around_a_password(change: dict[str, Any]) -> None:
     assert "smtp" in message and "leak-canary" not in message, message
 
 
-@pytest.mark.parametrize("value", [f"'{CANARY}", f"@{CANARY}", f'"\\q{CANARY}"', f"{CANARY}: x", f"[{CANARY}"])
-def test_yaml_syntax_errors_never_echo_a_password(tmp_path: Path, value: str) -> None:
-    path = tmp_path / "config.yml"
-    path.write_text(f"devices:\n- name: d\n  tasks:\n  - smtp:\n      password: {value}\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert "leak-canary" not in str(info.value), str(info.value)
-
-
-@pytest.mark.parametrize("value", [f"*{CANARY}", f"!{CANARY} x"], ids=["alias", "tag"])
-def test_yaml_alias_and_tag_errors_never_echo_a_password(tmp_path: Path, value: str) -> None:
+@pytest.mark.parametrize("value", [f"'{CANARY}", f"@{CANARY}", f'"\\q{CANARY}"', f"{CANARY}: x", f"[{CANARY}",
+                                   f"*{CANARY}", f"!{CANARY} x"])
+def test_yaml_errors_never_echo_a_password(tmp_path: Path, value: str) -> None:
+    """Syntax errors, and undefined aliases and unknown tags (which PyYAML quotes in its message)."""
     path = tmp_path / "config.yml"
     path.write_text(f"devices:\n- name: d\n  tasks:\n  - smtp:\n      password: {value}\n")
     with pytest.raises(ConfigError) as info:
