@@ -41,7 +41,9 @@ def main() -> int:
     parser.add_argument("--listen", default="127.0.0.1:9925", help="exporter listen address (default %(default)s)")
     parser.add_argument("--interval", default="15s", help="probe interval (default %(default)s)")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+    # Stop like Ctrl-C on SIGTERM, and on SIGINT even when started in the background (where it is ignored).
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
     with MailRig(users=2) as rig:
         config = rig.dir / "exporter.yml"
         config.write_text(yaml.safe_dump(demo_config(rig, args.interval)))
