@@ -29,6 +29,7 @@ T = TypeVar("T")
 _FETCH_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({HEADER.upper()} SUBJECT MESSAGE-ID)])"
 _FETCH_START = re.compile(rb"^\d+ FETCH ")
 _UID = re.compile(rb"\bUID (\d+)")
+_EXISTS = re.compile(rb"^\* \d+ EXISTS")
 _INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
 
 
@@ -74,19 +75,21 @@ class ImapSession:
         With IDLE the letter is seen as soon as the server announces it, not at the next poll.
         """
         client = self._client
+        if client.protocol.new_mail:
+            return  # announced during the last search, delete or fetch: IDLE would not hear of it again
         if "IDLE" not in client.protocol.capabilities:
             await asyncio.sleep(seconds)
             return
         async with client.bounded("IDLE"):
             idle = await client.run("IDLE", client.idle_start(timeout=seconds))
-        try:
-            with contextlib.suppress(TimeoutError):
-                await client.run("IDLE", client.wait_server_push(timeout=seconds))
-        finally:
-            if client.has_pending_idle():
-                client.idle_done()
-            async with client.bounded("DONE"):
-                await client.run("DONE", idle)
+        with contextlib.suppress(TimeoutError):
+            await client.run("IDLE", client.wait_server_push(timeout=seconds))
+        # Only on a healthy connection: an error above ends the session, and must not be replaced
+        # by a second one about DONE.
+        if client.has_pending_idle():
+            client.idle_done()
+        async with client.bounded("DONE"):
+            await client.run("DONE", idle)
 
     async def close(self) -> None:
         await self._client.discard(polite=True)
@@ -97,6 +100,7 @@ class ImapSession:
         protocol = self._client.protocol
         # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail.
         await self._checked("NOOP", protocol.simple_command("NOOP"))
+        protocol.new_mail = False  # what NOOP announced, this search sees; later news it may miss
         response = await self._checked("UID SEARCH", protocol.search(*criteria, charset=None, by_uid=True))
         # aioimaplib gives the untagged "* SEARCH 1 2" as b"1 2"; the last line is the tagged status text.
         return [word.decode() for line in response.lines[:-1] for word in line.split() if word.isdigit()]
@@ -189,6 +193,18 @@ async def _login(client: _SocketIMAP4, config: IncomingConfig) -> None:
         raise MailboxFailure(f"SELECT {config.mailbox!r} failed: {_text(response)}")
 
 
+class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """Notes every untagged EXISTS: aioimaplib drops those that arrive during SEARCH, FETCH or STORE,
+    and a letter announced there would otherwise wait for the next poll (IDLE does not repeat it)."""
+
+    new_mail = False
+
+    def _untagged_response(self, line: bytes) -> Any:
+        if _EXISTS.match(line):
+            self.new_mail = True
+        return super()._untagged_response(line)
+
+
 class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
     """aioimaplib's client over a socket we connected, with STARTTLS and fail-fast on connection loss."""
 
@@ -199,7 +215,7 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
 
     def create_client(self, host: str, port: int, loop: Any, conn_lost_cb: Any = None, ssl_context: Any = None) -> None:
         loop = asyncio.get_running_loop()
-        self.protocol = aioimaplib.IMAP4ClientProtocol(loop, conn_lost_cb)
+        self.protocol = _Protocol(loop, conn_lost_cb)
         self._client_task = loop.create_task(
             loop.create_connection(
                 lambda: self.protocol,
@@ -307,7 +323,9 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
     async def discard(self, polite: bool) -> None:
         """Close the session; LOGOUT only when the connection is healthy (after a timeout it is not)."""
         transport = self.protocol.transport
-        if polite and transport is not None and not self._closed.done():
+        # LOGOUT inside IDLE would wait for a DONE that never comes: skip the courtesy then.
+        healthy = transport is not None and not self._closed.done() and not self.has_pending_idle()
+        if polite and healthy:
             try:
                 async with asyncio.timeout(2):
                     await self.protocol.logout()

@@ -230,7 +230,11 @@ async def wait_for_letter(
                 session = None
                 await asyncio.sleep(wait)
             else:
-                await session.wait_for_change(wait)
+                try:
+                    await session.wait_for_change(wait)
+                except ProbeError as exc:
+                    exc.phase = exc.phase or "mailbox_search"  # waiting (IDLE) is part of searching
+                    raise
     except ProbeError:
         raise
     except OSError as exc:
