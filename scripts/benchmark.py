@@ -468,8 +468,14 @@ def peak_rss_kb(pid: int) -> int:
 
 
 def get(conn: http.client.HTTPConnection, path: str) -> bytes:
-    conn.request("GET", path)
-    response = conn.getresponse()
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        # The exporter closes keep-alive connections idle for 75 s: connect again, as Prometheus does.
+        conn.close()
+        conn.request("GET", path)
+        response = conn.getresponse()
     body = response.read()
     if response.status != 200:
         raise RuntimeError(f"GET {path}: HTTP {response.status}")
