@@ -66,8 +66,19 @@ class TaskStats:
     dns_lookups: Counter[tuple[str, bool]] = field(default_factory=Counter)  # (leg, cache hit)
     certificate_not_after: dict[str, float] = field(default_factory=dict)  # leg -> Unix time
 
+    _rendered: tuple[tuple[float, ...], tuple[str, ...]] | None = field(default=None, repr=False)
+
     def __post_init__(self) -> None:
         self.labels = task_labels(self.device, self.task)
+
+    def chunks(self) -> tuple[str, ...]:
+        """This task's exposition, rendered again only when something changed: most tasks finish a
+        probe once per interval, while Prometheus scrapes every few seconds."""
+        state = (self.probes, self.in_flight, self.skipped, self.late_arrivals, self.swept, self.interval,
+                 self.email_timeout)
+        if self._rendered is None or self._rendered[0] != state:
+            self._rendered = (state, task_chunks(self))
+        return self._rendered[1]
 
     def record(self, result: ProbeResult) -> None:
         self.last = result
@@ -117,7 +128,6 @@ class _Family:
     name: str  # without _total for counters
     kind: str  # gauge, counter or histogram
     help: str
-    lines: list[str]
 
 
 def _escape(value: str) -> str:
@@ -145,7 +155,7 @@ _DNS_LABELS = tuple(((leg, hit), f'leg="{leg}",cache="{"hit" if hit else "miss"}
 
 def _families() -> dict[str, _Family]:
     def family(name: str, kind: str, doc: str) -> _Family:
-        return _Family(f"{PREFIX}_{name}", kind, doc, [])
+        return _Family(f"{PREFIX}_{name}", kind, doc)
 
     return {f.name.removeprefix(PREFIX + "_"): f for f in (
         family("probe_success", "gauge", "1 if the last finished round trip of the task succeeded, else 0."),
@@ -173,43 +183,43 @@ def _families() -> dict[str, _Family]:
     )}
 
 
-def _add_task(f: dict[str, _Family], s: TaskStats) -> None:
+def _add_task(f: dict[str, list[str]], s: TaskStats) -> None:
     key, last, n = s.labels, s.last, _number
-    f["probe_success"].lines.append(f"{{{key}}} {n(1 if last is not None and last.success else 0)}")
-    f["probes"].lines.append(f"_total{{{key}}} {n(s.probes)}")
+    f["probe_success"].append(f"{{{key}}} {n(1 if last is not None and last.success else 0)}")
+    f["probes"].append(f"_total{{{key}}} {n(s.probes)}")
     for reason, label in _REASON_LABELS:
-        f["probe_failures"].lines.append(f"_total{{{key},{label}}} {n(s.failures[reason])}")
+        f["probe_failures"].append(f"_total{{{key},{label}}} {n(s.failures[reason])}")
     # Only the last probe's reason and phase: a row of zeros per task would be a fifth of the scrape.
     if last is not None and last.reason is not None:
-        f["probe_failure_reason"].lines.append(f'{{{key},reason="{last.reason.value}"}} 1')
+        f["probe_failure_reason"].append(f'{{{key},reason="{last.reason.value}"}} 1')
     if last is not None and last.failed_phase is not None:
-        f["probe_failure_phase"].lines.append(f'{{{key},phase="{_escape(last.failed_phase)}"}} 1')
-    f["task_interval_seconds"].lines.append(f"{{{key}}} {n(s.interval)}")
-    f["task_email_timeout_seconds"].lines.append(f"{{{key}}} {n(s.email_timeout)}")
-    _add_histogram(f["delivery_seconds"].lines, key, s.delivery)
-    f["late_arrivals"].lines.append(f"_total{{{key}}} {n(s.late_arrivals)}")
-    f["letters_swept"].lines.append(f"_total{{{key}}} {n(s.swept)}")
-    f["probes_skipped"].lines.append(f"_total{{{key}}} {n(s.skipped)}")
-    f["probes_in_flight"].lines.append(f"{{{key}}} {n(s.in_flight)}")
+        f["probe_failure_phase"].append(f'{{{key},phase="{_escape(last.failed_phase)}"}} 1')
+    f["task_interval_seconds"].append(f"{{{key}}} {n(s.interval)}")
+    f["task_email_timeout_seconds"].append(f"{{{key}}} {n(s.email_timeout)}")
+    _add_histogram(f["delivery_seconds"], key, s.delivery)
+    f["late_arrivals"].append(f"_total{{{key}}} {n(s.late_arrivals)}")
+    f["letters_swept"].append(f"_total{{{key}}} {n(s.swept)}")
+    f["probes_skipped"].append(f"_total{{{key}}} {n(s.skipped)}")
+    f["probes_in_flight"].append(f"{{{key}}} {n(s.in_flight)}")
     if s.last_success is not None:
-        f["last_success_timestamp_seconds"].lines.append(f"{{{key}}} {n(s.last_success)}")
+        f["last_success_timestamp_seconds"].append(f"{{{key}}} {n(s.last_success)}")
     if last is not None:
         _add_last_probe(f, key, last)
     for (leg, hit), label in _DNS_LABELS:
-        f["dns_lookups"].lines.append(f"_total{{{key},{label}}} {n(s.dns_lookups[(leg, hit)])}")
+        f["dns_lookups"].append(f"_total{{{key},{label}}} {n(s.dns_lookups[(leg, hit)])}")
     for leg in LEGS:
         if leg in s.certificate_not_after:
-            f["tls_certificate_not_after_timestamp_seconds"].lines.append(
+            f["tls_certificate_not_after_timestamp_seconds"].append(
                 f'{{{key},leg="{leg}"}} {n(s.certificate_not_after[leg])}')
 
 
-def _add_last_probe(f: dict[str, _Family], key: str, last: ProbeResult) -> None:
-    f["last_probe_timestamp_seconds"].lines.append(f"{{{key}}} {_number(last.finished)}")
+def _add_last_probe(f: dict[str, list[str]], key: str, last: ProbeResult) -> None:
+    f["last_probe_timestamp_seconds"].append(f"{{{key}}} {_number(last.finished)}")
     if last.server_delivery_seconds is not None:
-        f["last_server_delivery_seconds"].lines.append(f"{{{key}}} {_number(last.server_delivery_seconds)}")
+        f["last_server_delivery_seconds"].append(f"{{{key}}} {_number(last.server_delivery_seconds)}")
     for phase, label in _PHASE_LABELS:
         if phase in last.phases:
-            f["phase_duration_seconds"].lines.append(f"{{{key},{label}}} {_number(last.phases[phase])}")
+            f["phase_duration_seconds"].append(f"{{{key},{label}}} {_number(last.phases[phase])}")
 
 
 def _add_histogram(lines: list[str], key: str, histogram: Histogram) -> None:
@@ -219,17 +229,25 @@ def _add_histogram(lines: list[str], key: str, histogram: Histogram) -> None:
     lines.append(f"_sum{{{key}}} {_number(histogram.total)}")
 
 
+FAMILIES = _families()
+
+
+def task_chunks(s: TaskStats) -> tuple[str, ...]:
+    """One task's sample lines, one string per family (in FAMILIES order)."""
+    lines: dict[str, list[str]] = {key: [] for key in FAMILIES}
+    _add_task(lines, s)
+    return tuple("".join(f"{family.name}{line}\n" for line in lines[key]) for key, family in FAMILIES.items())
+
+
 def render_tasks(stats: Iterable[TaskStats], openmetrics: bool) -> str:
-    families = _families()
-    for s in stats:
-        _add_task(families, s)
+    chunks = [s.chunks() for s in stats]
     out: list[str] = []
-    for family in families.values():
+    for index, family in enumerate(FAMILIES.values()):
         # The text format names a counter family with its _total suffix; OpenMetrics without it.
         name = family.name + ("_total" if family.kind == "counter" and not openmetrics else "")
         help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
         out.append(f"# HELP {name} {help_text}\n# TYPE {name} {family.kind}\n")
-        out.extend(f"{family.name}{line}\n" for line in family.lines)
+        out.extend(task[index] for task in chunks)
     return "".join(out)
 
 

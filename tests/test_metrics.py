@@ -49,10 +49,23 @@ def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return f"mail_roundtrip_{name}", tuple(sorted({"device": "dev-1", **labels}.items()))
 
 
+def test_a_changed_task_is_rendered_again() -> None:
+    task = TaskStats("d", "t", 60.0, 600.0)
+    assert 'mail_roundtrip_probes_in_flight{device="d",task="t"} 0\n' in render_tasks([task], openmetrics=False)
+    task.in_flight += 1
+    assert 'mail_roundtrip_probes_in_flight{device="d",task="t"} 1\n' in render_tasks([task], openmetrics=False)
+    task.record(ProbeResult(device="d", task="t", token="x", started=0.0, success=True, finished=2.0))
+    assert 'mail_roundtrip_last_probe_timestamp_seconds{device="d",task="t"} 2.0\n' in render_tasks([task], False)
+
+
 def test_thousand_tasks_render() -> None:
     many = [TaskStats("d", f"task-{i}", 60.0, 600.0) for i in range(1000)]
     started = time.perf_counter()
     body = render_tasks(many, openmetrics=False)
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    assert render_tasks(many, openmetrics=False) == body
+    warm = time.perf_counter() - started
     print(f"\n1,000 tasks: {len(body.splitlines())} lines, {len(body) / 1e6:.1f} MB, "
-          f"{(time.perf_counter() - started) * 1000:.0f} ms")
+          f"first render {cold * 1000:.0f} ms, unchanged tasks {warm * 1000:.1f} ms")
     assert sum(1 for _ in parse_text(body)) > 10
