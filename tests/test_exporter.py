@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.dns import DeviceRun
 from exporter.errors import Reason
 from exporter.scheduler import TaskRunner
-from tests.rig import MailRig, wait_for
+from tests.rig import MailRig, free_ports, wait_for
 from tests.tasks import SIGNER, config_of, task_dict
 
 USERS = ("ex-a", "ex-b", "ex-c")
@@ -131,12 +130,6 @@ async def test_smtp_down_then_recovers(rig: MailRig, users: tuple[str, ...]) -> 
 # --- the exporter as a process -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Running:
     process: subprocess.Popen[str]
@@ -179,7 +172,7 @@ class Running:
 
 @pytest.fixture
 def exporter(rig: MailRig, users: tuple[str, ...], tmp_path: Path) -> Iterator[Running]:
-    port = free_port()
+    port = free_ports(1)[0]
     running = Running(None, f"http://127.0.0.1:{port}", tmp_path / "config.yml")  # type: ignore[arg-type]
     running.write_config(task_dict(rig, users[2], name="imap"))
     running.process = subprocess.Popen(

@@ -17,7 +17,6 @@ import inspect
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +36,7 @@ from exporter.errors import Reason
 from exporter.probe import Mailbox, ProbeResult, run_probe
 from tests.dnsserver import DNSServer
 from tests.hostile import Handler, HostileServer, Peer, Switch, drip, proxy, serve, tarpit
-from tests.rig import DOVEADM, MailRig, _pid_alive, _processes
+from tests.rig import DOVEADM, MailRig, _pid_alive, _processes, free_ports
 from tests.tasks import MAILBOX_LEGS, SIGNER, SMTP_LEGS, config_of, task_dict
 
 USERS = ("ft-a", "ft-b", "ft-c")
@@ -599,12 +598,6 @@ async def test_mailbox_over_quota(rig: MailRig, quota_user: str) -> None:
 # --- the exporter keeps serving --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Scraper:
     url: str
@@ -646,7 +639,7 @@ async def test_exporter_keeps_serving_while_a_server_tarpits(
         config = tmp_path / "config.yml"
         tasks = [task_dict(rig, users[0], name="healthy"), stuck]
         config.write_text(yaml.safe_dump({"devices": [{"name": "rig", "interval": "1s", "tasks": tasks}]}))
-        port = free_port()
+        port = free_ports(1)[0]
         log = tmp_path / "exporter.log"
         with log.open("w") as output:
             process = await asyncio.create_subprocess_exec(

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import cli
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.probe import ProbeResult
-from tests.rig import MailRig, wait_for
+from tests.rig import MailRig, free_ports, wait_for
 from tests.tasks import SIGNER, task_dict
 
 CANARY = "Pa55-leak-canary-XYZ"
@@ -105,12 +104,6 @@ def write_config(path: Path, tasks: list[dict[str, Any]], interval: str = "3s") 
     path.write_text(yaml.safe_dump({"devices": [{"name": "sec", "interval": interval, "tasks": tasks}]}))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def fetch(url: str, method: str = "GET", accept: str = "") -> tuple[int, str]:
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
                                      headers={"Accept": accept} if accept else {})
@@ -129,7 +122,7 @@ def served(rig: MailRig, users: tuple[str, ...], tmp_path: Path, request: pytest
         tuple[subprocess.Popen[str], str, Path]]:
     config = tmp_path / "config.yml"
     write_config(config, leaky_tasks(rig))
-    port = free_port()
+    port = free_ports(1)[0]
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}",
          "--signing.key-file", str(tmp_path / "key"), "--log.level", "debug", "--log.format", request.param],

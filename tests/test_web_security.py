@@ -26,7 +26,7 @@ import yaml
 
 from exporter import cli
 from exporter.webconfig import BasicAuth, load_web_config
-from tests.rig import wait_for
+from tests.rig import free_ports, wait_for
 
 USER, PASSWORD = "prometheus", "scrape-pw-1"
 # Cost 4 (the minimum): the tests check behaviour, not bcrypt's strength, and stay fast.
@@ -83,14 +83,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 # --- the exporter as a process -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def write_config(directory: Path) -> Path:
-    closed = free_port()  # nothing listens here: probes fail with reason connect, which is fine
+    closed = free_ports(1)[0]  # nothing listens here: probes fail with reason connect, which is fine
     task = {
         "name": "t", "destination": "probe@example.test",
         "smtp": {"host": f"127.0.0.1:{closed}", "security": "none"},
@@ -145,7 +139,7 @@ def start(tmp_path: Path, web_config: dict[str, Any] | None, ready: Callable[[Ex
     if web_config is not None:
         (tmp_path / "web.yml").write_text(yaml.safe_dump(web_config))
         args += ["--web.config.file", str(tmp_path / "web.yml")]
-    port = free_port()
+    port = free_ports(1)[0]
     process = subprocess.Popen([*args, "--web.listen-address", f"127.0.0.1:{port}"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exporter = Exporter(process, port, tls=web_config is not None and "tls_server_config" in web_config)
@@ -446,9 +440,10 @@ def test_bad_web_config_is_a_usage_error(
 
 def test_bad_web_config_as_a_process(pki: PKI, tmp_path: Path) -> None:
     path = _write_bad(tmp_path, pki, {"tls_server_config": {"cert_file": "/nonexistent/x.crt", "key_file": "{key}"}})
+    listen = f"127.0.0.1:{free_ports(1)[0]}"
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "--config.file", str(write_config(tmp_path)), "--web.config.file",
-         str(path), "--signing.key-file", str(tmp_path / "key"), "--web.listen-address", f"127.0.0.1:{free_port()}"],
+         str(path), "--signing.key-file", str(tmp_path / "key"), "--web.listen-address", listen],
         capture_output=True, text=True, timeout=30, check=False,
     )
     assert result.returncode == 2
