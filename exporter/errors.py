@@ -23,6 +23,13 @@ class Reason(StrEnum):
     DELIVERY_TIMEOUT = "delivery_timeout"  # the letter was sent but not found within the email timeout
 
 
+def server_text(raw: str | bytes, limit: int = 300) -> str:
+    """A server's words for an error message: one line, printable, bounded."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    flat = " ".join(text.split())
+    return "".join(c if c.isprintable() else "?" for c in flat)[:limit]
+
+
 class ProbeError(Exception):
     """A probe failure with a reason, the phase it happened in and a human-readable message."""
 

@@ -20,7 +20,15 @@ import aioimaplib
 
 from exporter import net
 from exporter.config import IncomingConfig, Security
-from exporter.errors import AuthFailure, MailboxFailure, ProbeError, ProtocolFailure, ServerTimeout, TLSFailure
+from exporter.errors import (
+    AuthFailure,
+    MailboxFailure,
+    ProbeError,
+    ProtocolFailure,
+    ServerTimeout,
+    TLSFailure,
+    server_text,
+)
 from exporter.mailbox import FoundLetter, wanted
 from exporter.message import HEADER, TOKEN_PREFIX, Signer, header_token
 
@@ -148,9 +156,7 @@ def _rfc2822(internaldate: str) -> str:
 
 def _text(response: Any) -> str:
     lines = [line for line in response.lines if isinstance(line, bytes)]
-    raw = lines[-1] if lines else b""
-    text = " ".join(raw.decode(errors="replace").split())
-    return "".join(c if c.isprintable() else "?" for c in text)[:300] or "no reason given"
+    return server_text(lines[-1] if lines else b"") or "no reason given"
 
 
 async def open_session(
@@ -265,9 +271,9 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         assert self._greeting is not None
         line = await self.run("the greeting", self._greeting)
         if line[:5].upper() == b"* BYE":
-            raise MailboxFailure(f"server refused the session: {_said(line)}")
+            raise MailboxFailure(f"server refused the session: {server_text(line)}")
         if not line[:10].upper().startswith((b"* OK", b"* PREAUTH")):
-            raise ProtocolFailure(f"not an IMAP greeting: {_said(line)}")
+            raise ProtocolFailure(f"not an IMAP greeting: {server_text(line)}")
         await self.run("the greeting", self.protocol.wait("AUTH|NONAUTH"))
 
     async def starttls(self, context: ssl.SSLContext, host: str) -> None:
@@ -309,7 +315,7 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
             raise
         if not task.done():
             task.cancel()
-            bye = f" ({_said(self._bye)})" if self._bye is not None else ""
+            bye = f" ({server_text(self._bye)})" if self._bye is not None else ""
             raise ProtocolFailure(f"connection closed by the server during {command}{bye}")
         try:
             return task.result()
@@ -339,8 +345,3 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
             self._client_task.cancel()
             self._sock.close()
 
-
-def _said(line: bytes) -> str:
-    """A server's line for an error message: one line, printable, bounded."""
-    text = " ".join(line.decode(errors="replace").split())
-    return "".join(c if c.isprintable() else "?" for c in text)[:300]

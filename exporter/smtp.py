@@ -25,6 +25,7 @@ from exporter.errors import (
     ServerTimeout,
     SMTPRejected,
     TLSFailure,
+    server_text,
 )
 
 # One mechanism, chosen in this order of preference from what the server offers. aiosmtplib's
@@ -172,7 +173,7 @@ def translate_error(exc: BaseException, command: str) -> ProbeError:
         return _response_failure(exc, command)
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError | aiosmtplib.SMTPConnectError):
         return ProtocolFailure(f"connection closed by the server during {command}")
-    return ProtocolFailure(f"{command} failed: {_clean(str(exc))}")
+    return ProtocolFailure(f"{command} failed: {server_text(str(exc))}")
 
 
 def _response_failure(exc: aiosmtplib.SMTPResponseException, command: str) -> ProbeError:
@@ -196,13 +197,7 @@ def _tls_cause(exc: BaseException | None) -> BaseException | None:
 
 def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
     # aiosmtplib reports a line that is no SMTP reply at all with code -1: show only the line then.
-    return _clean(f"{exc.code} {exc.message}" if exc.code >= 0 else exc.message)
-
-
-def _clean(text: str, limit: int = 300) -> str:
-    """Server text for our messages: one line, printable, bounded."""
-    flat = " ".join(text.split())
-    return "".join(c if c.isprintable() else "?" for c in flat)[:limit]
+    return server_text(f"{exc.code} {exc.message}" if exc.code >= 0 else exc.message)
 
 
 class _HandshakeTimedSMTP(aiosmtplib.SMTP):
