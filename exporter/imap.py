@@ -231,6 +231,8 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
             )
         )
 
+    interrupted = False  # a command was cut off: no LOGOUT on this connection
+
     def _lost(self, exc: Exception | None) -> None:
         if not self._closed.done():
             self._closed.set_result(None)
@@ -311,6 +313,9 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         try:
             await asyncio.wait([task, self._closed], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         except BaseException:
+            # Cut off mid-command (a phase timeout, a shutdown): the reply may still come, so the
+            # connection is out of step with the server and only good for throwing away.
+            self.interrupted = True
             task.cancel()
             raise
         if not task.done():
@@ -330,7 +335,8 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         """Close the session; LOGOUT only when the connection is healthy (after a timeout it is not)."""
         transport = self.protocol.transport
         # LOGOUT inside IDLE would wait for a DONE that never comes: skip the courtesy then.
-        healthy = transport is not None and not self._closed.done() and not self.has_pending_idle()
+        healthy = (transport is not None and not self._closed.done() and not self.has_pending_idle()
+                   and not self.interrupted)
         if polite and healthy:
             try:
                 async with asyncio.timeout(2):
