@@ -201,11 +201,16 @@ class Node:
         self.used.add(key)
         return Node(self.data.get(key) or {}, self.child_path(key), self.source)
 
-    def children(self, key: str) -> list[Node]:
+    def values(self, key: str) -> list[Any]:
+        """A list of plain values (each checked by the caller), empty when absent."""
         self.used.add(key)
         items = self.data.get(key) or []
         if not isinstance(items, list):
             raise self.error(f"must be a list, got {kind_of(items)}", key)
+        return items
+
+    def children(self, key: str) -> list[Node]:
+        items = self.values(key)
         return [Node(item, f"{self.child_path(key)}[{i}]", self.source) for i, item in enumerate(items)]
 
     def finish(self) -> None:
@@ -466,12 +471,8 @@ def _dns(node: Node) -> DNSConfig:
             raise entry.error(f"{address!r} is not an IP address", "address") from None
         hosts.append(DNSHost(address=address, name=entry.require("name", _host).rstrip(".").lower()))
         entry.finish()
-    node.used.add("servers")
-    servers_raw = node.data.get("servers") or []
-    if not isinstance(servers_raw, list):
-        raise node.error(f"must be a list, got {kind_of(servers_raw)}", "servers")
     servers = []
-    for i, raw in enumerate(servers_raw):
+    for i, raw in enumerate(node.values("servers")):
         try:
             servers.append(_dns_server(raw))
         except ValueError as exc:

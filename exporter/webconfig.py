@@ -26,7 +26,7 @@ import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.config import Node, as_bool, as_string, existing_file, kind_of, read_yaml
+from exporter.config import Node, as_bool, as_string, existing_file, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,7 @@ def _versions(node: Node, context: ssl.SSLContext) -> None:
 
 
 def _ciphers(node: Node, context: ssl.SSLContext) -> None:
-    node.used.add("cipher_suites")
-    names = node.data.get("cipher_suites") or []
-    if not isinstance(names, list):
-        raise node.error(f"must be a list, got {kind_of(names)}", "cipher_suites")
+    names = node.values("cipher_suites")
     openssl_names = []
     for i, name in enumerate(names):
         key = name if isinstance(name, str) else ""
