@@ -1,6 +1,6 @@
 """Benchmark: how truthful the delivery time is, and what many tasks cost (docs/benchmarks.md).
 
-Run as root from the repository root: ``python3 scripts/benchmark.py`` (``--quick`` for a short run).
+Run as root from the repository root: ``.venv/bin/python scripts/benchmark.py`` (``--quick`` for a short run).
 It starts its own Postfix + Dovecot (tests/rig.py) on loopback and prints figures; it is not a test.
 
 1. Detection lag: for each letter, the time the exporter saw it minus the time Dovecot stored it in
