@@ -21,6 +21,7 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"  # a connected server did not answer within the completion timeout
     PROTOCOL = "protocol"  # garbage, an unexpected reply or a dropped connection
     DELIVERY_TIMEOUT = "delivery_timeout"  # the letter was sent but not found within the email timeout
+    BOUNCED = "bounced"  # a bounce (DSN) of the letter came back instead of the letter
 
 
 def server_text(raw: str | bytes, limit: int = 300) -> str:
@@ -78,3 +79,7 @@ class ProtocolFailure(ProbeError):
 
 class DeliveryTimeout(ProbeError):
     reason = Reason.DELIVERY_TIMEOUT
+
+
+class Bounced(ProbeError):
+    reason = Reason.BOUNCED

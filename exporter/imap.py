@@ -30,11 +30,12 @@ from exporter.errors import (
     server_text,
 )
 from exporter.mailbox import FoundLetter, wanted
-from exporter.message import HEADER, TOKEN_PREFIX, Signer, header_token
+from exporter.message import BOUNCE_BYTES, RECOGNISED_FIELDS, TOKEN_PREFIX, Signer, is_delivery_report, recognise
 
 T = TypeVar("T")
 
-_FETCH_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({HEADER.upper()} SUBJECT MESSAGE-ID)])"
+_FETCH_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({' '.join(RECOGNISED_FIELDS).upper()})])"
+_BOUNCE_ITEMS = f"(UID INTERNALDATE BODY.PEEK[]<0.{BOUNCE_BYTES}>)"  # a bounce's returned headers are in its body
 _FETCH_START = re.compile(rb"^\d+ FETCH ")
 _UID = re.compile(rb"\bUID (\d+)")
 _EXISTS = re.compile(rb"^\* \d+ EXISTS")
@@ -64,7 +65,16 @@ class ImapSession:
             return []
         fetch = self._client.protocol.fetch(",".join(uids), _FETCH_ITEMS, by_uid=True)
         response = await self._checked("UID FETCH", fetch)
-        return [letter for letter in self._parse_fetch(response.lines) if wanted(letter.token, tokens, sweep_before)]
+        letters = [*self._parse_fetch(response.lines), *await self._bounces(_report_uids(response.lines))]
+        return [letter for letter in letters if wanted(letter.token, tokens, sweep_before)]
+
+    async def _bounces(self, uids: list[str]) -> list[FoundLetter]:
+        """Read these possible bounces whole (bounded) and keep those of our letters."""
+        if not uids:
+            return []
+        fetch = self._client.protocol.fetch(",".join(uids), _BOUNCE_ITEMS, by_uid=True)
+        response = await self._checked("UID FETCH", fetch)
+        return list(self._parse_fetch(response.lines))
 
     async def delete(self, letters: Collection[FoundLetter]) -> None:
         if not letters:
@@ -104,7 +114,7 @@ class ImapSession:
 
     async def _search(self, subjects: list[str]) -> list[str]:
         # SUBJECT search is the most widely supported; no CHARSET (Exchange and Yahoo reject "CHARSET utf-8").
-        criteria = _any_subject(subjects)
+        criteria = _letter_or_bounce(subjects)
         protocol = self._client.protocol
         # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail.
         await self._checked("NOOP", protocol.simple_command("NOOP"))
@@ -114,15 +124,10 @@ class ImapSession:
         return [word.decode() for line in response.lines[:-1] for word in line.split() if word.isdigit()]
 
     def _parse_fetch(self, lines: list[Any]) -> Iterator[FoundLetter]:
-        """FETCH responses arrive as a line with UID/INTERNALDATE, then the header literal."""
-        for line, literal in itertools.pairwise(lines):
-            if not isinstance(line, bytes) or not _FETCH_START.match(line):
-                continue
-            uid = _UID.search(line)
-            token = header_token(self._signer, bytes(literal))
-            if uid is None or token is None:
-                continue
-            yield FoundLetter(token=token, ref=uid.group(1).decode(), server_time=_internaldate(line))
+        for uid, line, literal in _fetched(lines):
+            ours = recognise(self._signer, literal)
+            if ours is not None:
+                yield FoundLetter(ours.token, uid, _internaldate(line), ours.bounce)
 
     async def _checked(self, command: str, operation: Awaitable[Any]) -> Any:
         response = await self._client.run(command, operation)
@@ -131,11 +136,29 @@ class ImapSession:
         return response
 
 
-def _any_subject(tokens: list[str]) -> list[str]:
-    """``OR SUBJECT a OR SUBJECT b SUBJECT c``: one search for every token still awaited."""
+def _fetched(lines: list[Any]) -> Iterator[tuple[str, bytes, bytes]]:
+    """(UID, FETCH line, literal): a FETCH response is a line with UID/INTERNALDATE, then the literal."""
+    for line, literal in itertools.pairwise(lines):
+        if isinstance(line, bytes) and _FETCH_START.match(line) and (uid := _UID.search(line)):
+            yield uid.group(1).decode(), line, bytes(literal)
+
+
+def _report_uids(lines: list[Any]) -> list[str]:
+    return [uid for uid, _, headers in _fetched(lines) if is_delivery_report(headers)]
+
+
+def _letter_or_bounce(tokens: list[str]) -> list[str]:
+    """Our letter carries its token in the Subject; a bounce (DSN) of it, in its body. The header
+    test comes first so the server reads the bodies of delivery reports only."""
+    bounce = ["HEADER", "Content-Type", aioimaplib.quoted("delivery-status"), *_any("BODY", tokens)]
+    return ["OR", f"({' '.join(_any('SUBJECT', tokens))})", f"({' '.join(bounce)})"]
+
+
+def _any(key: str, tokens: list[str]) -> list[str]:
+    """``OR KEY a OR KEY b KEY c``: one search for every token still awaited."""
     if len(tokens) == 1:
-        return ["SUBJECT", aioimaplib.quoted(tokens[0])]
-    return ["OR", "SUBJECT", aioimaplib.quoted(tokens[0]), *_any_subject(tokens[1:])]
+        return [key, aioimaplib.quoted(tokens[0])]
+    return ["OR", key, aioimaplib.quoted(tokens[0]), *_any(key, tokens[1:])]
 
 
 def _internaldate(line: bytes) -> float | None:

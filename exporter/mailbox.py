@@ -9,6 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
+from exporter.errors import Bounced
 from exporter.message import Token
 
 
@@ -21,6 +22,22 @@ class FoundLetter:
     token: Token  # verified: the letter is provably one of ours
     ref: str  # IMAP UID or POP3 UIDL: stable across sessions
     server_time: float | None = None  # the server's arrival time (INTERNALDATE, Received), Unix time
+    bounce: str | None = None  # set when this is a bounce (DSN) of the letter: the server's diagnostic
+
+
+def split_bounces(found: list[FoundLetter]) -> tuple[list[FoundLetter], list[FoundLetter]]:
+    """(letters, bounces): a bounce proves the letter will not arrive, never that it did."""
+    return [letter for letter in found if letter.bounce is None], [letter for letter in found if letter.bounce]
+
+
+def raise_if_bounced(bounces: list[FoundLetter], token: Token, late: dict[str, float]) -> None:
+    """End the probe when ``token``'s letter bounced; forget late letters that bounced (they will
+    not come)."""
+    for bounce in bounces:
+        late.pop(bounce.token.value, None)
+    own = next((bounce for bounce in bounces if bounce.token.value == token.value), None)
+    if own is not None:
+        raise Bounced(f"the letter bounced: {own.bounce}", phase="mailbox_search")
 
 
 class MailboxSession(Protocol):

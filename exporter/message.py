@@ -4,6 +4,9 @@ A token is ``<unix time>-<random>-<signature>``; the signature is an HMAC over t
 install's signing key, so the exporter can prove a letter is its own before counting or deleting it.
 The token travels in a dedicated header, the Subject and the Message-ID, since servers differ in
 which headers they can search.
+
+A token alone never makes a letter ours: replies, forwards, digests and bounces quote it too. Only
+``recognise`` decides, from the letter's own identity (see there); the probe deletes nothing else.
 """
 
 from __future__ import annotations
@@ -14,13 +17,30 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
+from email.message import Message
+from email.parser import BytesHeaderParser, BytesParser
+from email.policy import compat32
 from email.utils import formatdate
+
+from exporter.errors import server_text
 
 HEADER = "X-Mail-Roundtrip-Probe"
 SUBJECT_PREFIX = "[mail-roundtrip-exporter] test letter"
 TOKEN_PREFIX = "mrt-"
 _TOKEN = re.compile(r"\bmrt-(\d{10})-([0-9a-f]{16})-([0-9a-f]{20})\b")
+_MESSAGE_ID_DOMAIN = "mail-roundtrip-exporter.invalid"
+# Headers that mark a letter as made from another one (a reply, a forward, a resend) rather than as
+# the letter itself. Resent-* is added by "redirect"/"bounce" in mail programs (RFC 5322 3.6.6).
+_DERIVED = (
+    "In-Reply-To", "References", "Resent-Date", "Resent-From", "Resent-Sender", "Resent-To", "Resent-Cc",
+    "Resent-Bcc", "Resent-Message-ID",
+)
+# The probe letter is text/plain; a gateway that appends a disclaimer may wrap it in these. Anything
+# else (multipart/report, multipart/digest, message/*, ...) is a letter about or around ours.
+_OWN_CONTENT_TYPES = ("text/plain", "multipart/mixed", "multipart/alternative")
+# Every header field the recogniser reads: IMAP fetches exactly these (POP3 gets the whole block).
+RECOGNISED_FIELDS = (HEADER, "Message-ID", "Subject", "Content-Type", *_DERIVED)
+BOUNCE_BYTES = 64 * 1024  # how much of a bounce is read: its report and the returned headers come first
 
 
 @dataclass(frozen=True)
@@ -43,13 +63,13 @@ class Signer:
         base = f"mrt-{created:010d}-{secrets.token_hex(8)}"
         return Token(f"{base}-{self._sign(base)}", float(created))
 
-    def verify(self, text: str) -> Token | None:
-        """The first correctly signed token in ``text``, or None (forged, truncated or absent)."""
-        for match in _TOKEN.finditer(text):
-            base = match.group(0).rsplit("-", 1)[0]
-            if hmac.compare_digest(self._sign(base), match.group(3)):
-                return Token(match.group(0), float(match.group(1)))
-        return None
+    def exact(self, text: str) -> Token | None:
+        """``text`` if it is one correctly signed token and nothing else (surrounding blanks aside);
+        None if forged, truncated, absent or merely quoted among other words."""
+        match = _TOKEN.fullmatch(text.strip())
+        if match is None or not hmac.compare_digest(self._sign(match.group(0).rsplit("-", 1)[0]), match.group(3)):
+            return None
+        return Token(match.group(0), float(match.group(1)))
 
     def _sign(self, base: str) -> str:
         return hmac.new(self._key, base.encode(), hashlib.sha256).hexdigest()[:20]
@@ -65,9 +85,9 @@ def build_letter(token: Token, sender: str, destination: str, device: str, task:
     headers = (
         f"From: {sender}",
         f"To: {destination}",
-        f"Subject: {SUBJECT_PREFIX} {token.value}",
+        f"Subject: {subject(token)}",
         f"Date: {formatdate(token.created, localtime=False)}",
-        f"Message-ID: <{token.value}@mail-roundtrip-exporter.invalid>",
+        f"Message-ID: {message_id(token)}",
         f"{HEADER}: {token.value}",
         "Auto-Submitted: auto-generated",
         "X-Auto-Response-Suppress: All",
@@ -89,12 +109,103 @@ def build_letter(token: Token, sender: str, destination: str, device: str, task:
     return "\r\n".join((*headers, "", *body, "")).encode("ascii", errors="replace")
 
 
-def header_token(signer: Signer, raw_headers: bytes) -> Token | None:
-    """The verified token of a letter, from its header block (dedicated header first, then Subject)."""
-    headers = BytesHeaderParser().parsebytes(raw_headers)
-    for name in (HEADER, "Subject", "Message-ID"):
-        for value in headers.get_all(name) or []:
-            token = signer.verify(str(value))
-            if token is not None:
-                return token
+def subject(token: Token) -> str:
+    return f"{SUBJECT_PREFIX} {token.value}"
+
+
+def message_id(token: Token) -> str:
+    return f"<{token.value}@{_MESSAGE_ID_DOMAIN}>"
+
+
+@dataclass(frozen=True)
+class Recognised:
+    """A letter that is provably ours: the probe letter of ``token``, or a bounce of it."""
+
+    token: Token
+    bounce: str | None = None  # for a bounce (DSN): the reporting server's diagnostic, printable
+
+
+def recognise(signer: Signer, raw: bytes) -> Recognised | None:
+    """Is this (a header block, or a whole letter) our probe letter itself, or a bounce of one?
+
+    Our letter: exactly one X-Mail-Roundtrip-Probe header that is a token signed under our key and
+    nothing else, the Message-ID and the Subject we generate for that same token (exactly), none of
+    In-Reply-To, References or Resent-*, and a text/plain (or mixed/alternative) body. A reply, a
+    forward (inline or attached), a digest, a resent letter or one that merely quotes the token
+    fails at least one of these.
+
+    A bounce: see ``bounce_of``; it needs the whole letter (the header block alone is never one).
+    """
+    letter = BytesParser(policy=compat32).parsebytes(raw)
+    token = _own_letter(signer, letter)
+    if token is not None:
+        return Recognised(token)
+    return bounce_of(signer, letter)
+
+
+def is_delivery_report(raw_headers: bytes) -> bool:
+    """Could this header block be a bounce (RFC 3464 DSN)? Then its body is worth reading."""
+    return _is_delivery_report(BytesHeaderParser(policy=compat32).parsebytes(raw_headers))
+
+
+def bounce_of(signer: Signer, report: Message) -> Recognised | None:
+    """A bounce of our probe letter: a delivery status notification (RFC 3464: multipart/report,
+    report-type=delivery-status, not itself replied to, forwarded or resent) whose status says the
+    delivery failed and whose returned headers (message/rfc822 or text/rfc822-headers) pass the
+    whole probe-letter check above, signature included."""
+    if not _is_delivery_report(report) or not report.is_multipart():
+        return None
+    parts = [part for part in report.get_payload() if isinstance(part, Message)]
+    failure = next((block for part in parts for block in _failed_recipients(part)), None)
+    returned = [headers for part in parts if (headers := _returned_headers(part)) is not None]
+    if failure is None or len(returned) != 1:
+        return None
+    token = _own_letter(signer, returned[0])
+    if token is None:
+        return None
+    diagnostic = failure.get("Diagnostic-Code") or f"status {failure.get('Status', 'unknown')}"
+    return Recognised(token, bounce=server_text(str(diagnostic)))
+
+
+def _own_letter(signer: Signer, headers: Message) -> Token | None:
+    markers = _values(headers, HEADER)
+    token = signer.exact(markers[0]) if len(markers) == 1 else None
+    if token is None:
+        return None
+    if _values(headers, "Message-ID") != [message_id(token)] or _values(headers, "Subject") != [subject(token)]:
+        return None
+    if any(name in headers for name in _DERIVED) or headers.get_content_type() not in _OWN_CONTENT_TYPES:
+        return None
+    return token
+
+
+def _values(headers: Message, name: str) -> list[str]:
+    """Every value of header ``name``, unfolded, with runs of blanks made one space."""
+    return [" ".join(str(value).split()) for value in headers.get_all(name) or []]
+
+
+def _is_delivery_report(headers: Message) -> bool:
+    return (
+        headers.get_content_type() == "multipart/report"
+        and str(headers.get_param("report-type", "")).lower() == "delivery-status"
+        and not any(name in headers for name in _DERIVED)
+    )
+
+
+def _failed_recipients(part: Message) -> list[Message]:
+    """The per-recipient blocks of a delivery-status part that report a failure (not a delay)."""
+    if part.get_content_type() != "message/delivery-status" or not part.is_multipart():
+        return []
+    blocks = [block for block in part.get_payload() if isinstance(block, Message)]
+    return [block for block in blocks if str(block.get("Action", "")).strip().lower() == "failed"]
+
+
+def _returned_headers(part: Message) -> Message | None:
+    """The headers of the returned letter: a message/rfc822 part's, or a text/rfc822-headers part."""
+    if part.get_content_type() == "message/rfc822" and part.is_multipart():
+        inner = part.get_payload(0)
+        return inner if isinstance(inner, Message) else None
+    if part.get_content_type() == "text/rfc822-headers":
+        payload = part.get_payload(decode=True)
+        return BytesHeaderParser(policy=compat32).parsebytes(payload) if isinstance(payload, bytes) else None
     return None

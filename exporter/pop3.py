@@ -27,7 +27,7 @@ from exporter import net
 from exporter.config import IncomingConfig, Security
 from exporter.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
 from exporter.mailbox import FoundLetter, wanted
-from exporter.message import Signer, header_token
+from exporter.message import BOUNCE_BYTES, Recognised, Signer, is_delivery_report, recognise
 from exporter.net import PhaseClock
 
 LINE_LIMIT = 64 * 1024  # one reply line; RFC 1939 allows 512 octets, real servers stay far below
@@ -35,6 +35,7 @@ LINE_LIMIT = 64 * 1024  # one reply line; RFC 1939 allows 512 octets, real serve
 # their bytes (each becomes an object), so a byte cap alone would not bound memory.
 TOP_LIMIT = 1024 * 1024  # a header block (Postfix caps headers at 100 KiB by default)
 TOP_LINES = 20_000
+BOUNCE_LINES = 400  # body lines read of a possible bounce: its report and the returned headers come first
 UIDL_LIMIT = 16 * 1024 * 1024  # a listing
 UIDL_LINES = 200_000  # messages in the mailbox
 CAPA_LIMIT = 64 * 1024
@@ -333,13 +334,19 @@ class Pop3Session:
             return None
         lines = await self.client.data_lines("TOP", TOP_LIMIT, TOP_LINES)
         headers = b"\r\n".join(lines) + b"\r\n"
-        token = header_token(self.signer, headers)
-        if token is None:
+        ours = await self._bounce(number) if is_delivery_report(headers) else recognise(self.signer, headers)
+        if ours is None:
             self.memo.add(uidl)  # foreign for good: never read it again
             return None
-        if not wanted(token, tokens, sweep_before):
+        if not wanted(ours.token, tokens, sweep_before):
             return None  # ours, but another probe's (maybe still in flight): look again next time
-        return FoundLetter(token=token, ref=uidl, server_time=received_time(headers))
+        return FoundLetter(ours.token, uidl, received_time(headers), ours.bounce)
+
+    async def _bounce(self, number: int) -> Recognised | None:
+        """Read the start of a possible bounce (its returned headers are in the body) and check it."""
+        ok, _ = await self.client.command("TOP", str(number), str(BOUNCE_LINES))
+        lines = await self.client.data_lines("TOP", TOP_LIMIT + BOUNCE_BYTES, TOP_LINES + BOUNCE_LINES) if ok else []
+        return recognise(self.signer, b"\r\n".join(lines) + b"\r\n") if lines else None
 
 
 def received_time(headers: bytes) -> float | None:

@@ -16,7 +16,7 @@ from exporter import imap, net, pop3, smtp
 from exporter.config import MAX_EMAIL_TIMEOUT, IncomingConfig, Protocol, TaskConfig
 from exporter.dns import Resolution
 from exporter.errors import ConnectFailure, DeliveryTimeout, DNSFailure, ProbeError, ProtocolFailure, Reason
-from exporter.mailbox import FoundLetter, MailboxSession
+from exporter.mailbox import FoundLetter, MailboxSession, raise_if_bounced, split_bounces
 from exporter.message import Signer, Token, build_letter
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ async def run_probe(
         result.success = True
     except ProbeError as exc:
         result.reason, result.error, result.failed_phase = exc.reason, str(exc), exc.phase
-        if result.accepted_wall is not None:
+        if result.accepted_wall is not None and exc.reason is not Reason.BOUNCED:
             mailbox.late[token.value] = result.accepted_wall  # it may still arrive: recognise it then
     except Exception as exc:  # a bug or an unexpected library error must not kill the scheduler
         log.exception("probe %s/%s failed unexpectedly", device, task.name)
@@ -204,18 +204,20 @@ async def wait_for_letter(
             async with clock.phase("mailbox_search"):
                 found = await session.find([token.value, *mailbox.late], sweep_before)
             seen = time.monotonic()
+            found, bounces = split_bounces(found)
             mine = [letter for letter in found if letter.token.value == token.value]
             others = [letter for letter in found if letter not in mine]
             late = mailbox.claim_late(others)
             swept = [letter for letter in others if letter not in late]  # found only because they are old
             result.swept += len(swept)
             sweep_before = None
-            to_delete = mine + late + swept
+            to_delete = mine + late + swept + bounces
             if to_delete:
                 async with clock.phase("mailbox_delete"):
                     await session.delete(to_delete)
             if mine:
                 return mine[0], seen
+            raise_if_bounced(bounces, token, mailbox.late)
             now = time.monotonic()
             if now >= deadline:
                 raise DeliveryTimeout(

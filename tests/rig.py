@@ -584,6 +584,20 @@ class MailRig:
             )
         return added
 
+    def add_undeliverable(self, name: str) -> str:
+        """An address Postfix accepts at RCPT that Dovecot's LMTP then rejects (550 5.1.1 unknown
+        user): every letter to it comes back as a real bounce (DSN) to its envelope sender."""
+        addr = self.address(name)
+        if addr in self._passwords:
+            raise RigError(f"{addr} is a real mailbox; it cannot also be undeliverable")
+        with self._vmailbox.open("a") as fh:
+            fh.write(f"{addr} {addr}/Maildir/\n")
+        _backdate(self._vmailbox)
+        if self._postfix_running:
+            self._postfix_reload()
+            self.wait_for(lambda: self._smtp_accepts_rcpt(addr), START_TIMEOUT, f"Postfix to accept {addr}")
+        return addr
+
     def _passwd_line(self, addr: str) -> str:
         home = self.dir / "mail" / addr
         return f"{addr}:{{PLAIN}}{self._passwords[addr]}:{self._mail_uid}:{self._mail_gid}::{home}::\n"
