@@ -4,13 +4,19 @@ both mailbox legs, a schedule that survives a reload, and scrapes that cannot sw
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
+import aiosmtplib
 import pytest
+from packaging.requirements import Requirement
 
-from exporter import net
+from exporter import net, smtp
+from tests.hostile import Peer, proxy, serve
 from tests.rig import MailRig
 from tests.tasks import probe_once, task_dict
 
@@ -61,3 +67,39 @@ async def test_every_probe_connection_disables_nagle(
     ports = {int(task[leg]["host"].rpartition(":")[2]) for leg in ("smtp", "incoming")}
     assert {port for port, _ in connected} == ports  # both legs connect through net.connect_any
     assert all(nodelay for _, nodelay in connected), connected
+
+
+# --- 8a: the SMTP TLS/greeting split (a private aiosmtplib hook) ---------------------------------
+
+BANNER_DELAY = 1.5  # the hostile server's deliberate wait between the TLS handshake and its banner
+
+
+async def test_a_late_banner_after_implicit_tls_counts_as_greeting(rig: MailRig, user: str) -> None:
+    """The wait for the banner is smtp_greeting, not smtp_tls. The delay is a lower bound; when the
+    override of aiosmtplib's _create_connection stops being called, the wait moves into smtp_tls."""
+
+    async def late_banner(peer: Peer) -> None:
+        await asyncio.sleep(BANNER_DELAY)  # the fault itself: TLS is up, the banner is late
+        await proxy(rig.host, rig.ports.smtp)(peer)  # then the real Postfix speaks, over our TLS
+
+    async with serve(late_banner, ssl_context=server_context(rig)) as server:
+        task = task_dict(rig, user, smtp="smtp-plain", mailbox="imaps")
+        task["smtp"].update(host=f"127.0.0.1:{server.port}", security="tls")
+        result = await probe_once(task)
+    assert result.success, result.error
+    assert result.phases["smtp_greeting"] >= BANNER_DELAY, result.phases
+
+
+def test_aiosmtplib_is_in_the_pinned_range() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pins = [Requirement(dep) for dep in pyproject["project"]["dependencies"]]
+    pin = next(req for req in pins if req.name == "aiosmtplib")
+    assert pin.specifier.contains(version("aiosmtplib")), f"installed {version('aiosmtplib')}, pinned {pin}"
+    assert pin.specifier.contains(aiosmtplib.__version__)
+
+
+def test_a_missing_hook_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    smtp.check_aiosmtplib()  # the installed aiosmtplib has it
+    monkeypatch.delattr(aiosmtplib.SMTP, "_create_connection")
+    with pytest.raises(ImportError, match="_create_connection"):
+        smtp.check_aiosmtplib()
