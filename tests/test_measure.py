@@ -15,8 +15,11 @@ import aiosmtplib
 import pytest
 from packaging.requirements import Requirement
 
-from exporter import net, smtp
-from tests.hostile import Peer, proxy, serve
+from exporter import imap, net, pop3, smtp
+from exporter.config import IncomingConfig, Protocol, Secret, Security, TLSOptions
+from exporter.errors import ServerTimeout
+from exporter.message import Signer
+from tests.hostile import HostileServer, Peer, proxy, serve, tarpit
 from tests.rig import MailRig
 from tests.tasks import probe_once, task_dict
 
@@ -103,3 +106,43 @@ def test_a_missing_hook_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(aiosmtplib.SMTP, "_create_connection")
     with pytest.raises(ImportError, match="_create_connection"):
         smtp.check_aiosmtplib()
+
+
+# --- 8b: a server that never greets, on both mailbox legs ----------------------------------------
+
+GREETING_LIMIT = 1.5
+
+
+def incoming(rig: MailRig, protocol: Protocol, security: Security, port: int) -> IncomingConfig:
+    return IncomingConfig(host="127.0.0.1", port=port, security=security, tls=TLSOptions(ca_file=str(rig.ca_file)),
+                          user="nobody", password=Secret("never-sent"), protocol=protocol)
+
+
+async def open_mailbox(config: IncomingConfig, server: HostileServer) -> None:
+    clock = net.PhaseClock(limit=GREETING_LIMIT)
+    connected = await server.connect(clock)
+    signer = Signer(b"measure")
+    if config.protocol is Protocol.POP3:
+        await pop3.open_session(config, connected, clock, signer, set())
+    else:
+        await imap.open_session(config, connected, clock, signer)
+
+
+SILENT = [  # (security, the server speaks TLS first, phase, with the hint about implicit-TLS ports)
+    (Security.NONE, False, "mailbox_login", True),
+    (Security.STARTTLS, False, "mailbox_login", True),
+    (Security.TLS, False, "mailbox_tls", False),  # not even the handshake is answered
+    (Security.TLS, True, "mailbox_login", False),  # TLS is up, the greeting never comes
+]
+
+
+@pytest.mark.parametrize("protocol", [Protocol.IMAP, Protocol.POP3])
+@pytest.mark.parametrize(("security", "tls_server", "phase", "hint"), SILENT)
+async def test_a_silent_greeting_is_reported_alike_on_both_legs(
+    rig: MailRig, protocol: Protocol, security: Security, tls_server: bool, phase: str, hint: bool
+) -> None:
+    async with serve(tarpit, ssl_context=server_context(rig) if tls_server else None) as server:
+        with pytest.raises(ServerTimeout) as caught:
+            await open_mailbox(incoming(rig, protocol, security, server.port), server)
+    assert caught.value.phase == phase
+    assert (net.GREETING_HINT in caught.value.message) is hint, caught.value.message
