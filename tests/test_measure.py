@@ -5,6 +5,8 @@ both mailbox legs, a schedule that survives a reload, and scrapes that cannot sw
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import socket
 import ssl
 import tomllib
@@ -16,12 +18,14 @@ import pytest
 from packaging.requirements import Requirement
 
 from exporter import imap, net, pop3, smtp
-from exporter.config import IncomingConfig, Protocol, Secret, Security, TLSOptions
+from exporter.config import Config, IncomingConfig, Protocol, Secret, Security, TLSOptions
+from exporter.dns import DeviceRun
 from exporter.errors import ServerTimeout
 from exporter.message import Signer
+from exporter.scheduler import Scheduler, TaskRunner, spread
 from tests.hostile import HostileServer, Peer, proxy, serve, tarpit
 from tests.rig import MailRig
-from tests.tasks import probe_once, task_dict
+from tests.tasks import SIGNER, config_of, probe_once, task_dict
 
 USER = "measure-a"
 REPO = Path(__file__).resolve().parent.parent
@@ -146,3 +150,97 @@ async def test_a_silent_greeting_is_reported_alike_on_both_legs(
             await open_mailbox(incoming(rig, protocol, security, server.port), server)
     assert caught.value.phase == phase
     assert (net.GREETING_HINT in caught.value.message) is hint, caught.value.message
+
+
+# --- 5c: a reload keeps every task's schedule ----------------------------------------------------
+
+
+class FakeTime:
+    """A monotonic clock and its sleep that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        woken = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), woken))
+        await woken
+
+    async def run_until(self, moment: float) -> None:
+        """Wake every sleeper due up to ``moment``, in order, letting the woken tasks run each time."""
+        while True:
+            for _ in range(20):  # let woken tasks run until they sleep again (no time passes)
+                await asyncio.sleep(0)
+            while self._sleepers and self._sleepers[0][2].done():  # cancelled by a reload
+                heapq.heappop(self._sleepers)
+            if not self._sleepers or self._sleepers[0][0] > moment:
+                self.now = moment
+                return
+            deadline, _, woken = heapq.heappop(self._sleepers)
+            self.now = max(self.now, deadline)
+            woken.set_result(None)
+
+
+INTERVAL = 2.0
+
+
+def four_tasks(rig: MailRig, user: str, names: tuple[str, ...] = ("t0", "t1", "t2", "t3")) -> Config:
+    return config_of(*(task_dict(rig, user, name=name) for name in names), interval=f"{INTERVAL:g}s")
+
+
+def launched(monkeypatch: pytest.MonkeyPatch, clock: FakeTime) -> dict[str, list[float]]:
+    """Launch times per task, instead of running probes."""
+    times: dict[str, list[float]] = {}
+
+    def record(runner: TaskRunner, run: DeviceRun) -> None:
+        times.setdefault(runner.task.name, []).append(round(clock.now - start, 6))
+
+    start = clock.now
+    monkeypatch.setattr(TaskRunner, "launch", record)
+    return times
+
+
+def slots(index: int, count: int, cycles: range) -> list[float]:
+    """When the scheduler's formula puts task ``index`` of ``count`` in each cycle (from the start)."""
+    return [round((spread("rig") + index / count) * INTERVAL + cycle * INTERVAL, 6) for cycle in cycles]
+
+
+async def test_a_reload_mid_run_keeps_the_rest_of_the_run(
+    rig: MailRig, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4 tasks at 2 s, reload at 2.7 s into the schedule: the tasks due at 3.0 and 3.5 s still run
+    then (they used to wait for 5.0 and 5.5 s), and every task runs exactly once per cycle."""
+    clock = FakeTime()
+    times = launched(monkeypatch, clock)
+    scheduler = Scheduler(SIGNER, clock.monotonic, clock.sleep)
+    offset = clock.now + spread("rig") * INTERVAL
+    await scheduler.apply(four_tasks(rig, user))
+    await clock.run_until(offset + 2.7)
+    await scheduler.apply(four_tasks(rig, user))  # the same config, reloaded mid-run
+    await clock.run_until(offset + 4 * INTERVAL - 0.1)
+    await scheduler.stop()
+    assert times == {f"t{i}": slots(i, 4, range(4)) for i in range(4)}
+
+
+async def test_a_reload_that_changes_tasks_keeps_the_others_schedule(
+    rig: MailRig, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """t3 removed and t4 added at 2.7 s: t0-t2 keep their slots; t4 starts at its first slot after
+    the reload; t3 launches nothing more."""
+    clock = FakeTime()
+    times = launched(monkeypatch, clock)
+    scheduler = Scheduler(SIGNER, clock.monotonic, clock.sleep)
+    reload_at = spread("rig") * INTERVAL + 2.7
+    await scheduler.apply(four_tasks(rig, user))
+    await clock.run_until(clock.now + reload_at)
+    await scheduler.apply(four_tasks(rig, user, ("t0", "t1", "t2", "t4")))
+    await clock.run_until(clock.now - reload_at + spread("rig") * INTERVAL + 4 * INTERVAL - 0.1)
+    await scheduler.stop()
+    assert {name: times[name] for name in ("t0", "t1", "t2")} == {f"t{i}": slots(i, 4, range(4)) for i in range(3)}
+    assert times["t3"] == slots(3, 4, range(1))
+    assert times["t4"] == [t for t in slots(3, 4, range(4)) if t > reload_at]
