@@ -7,22 +7,26 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import socket
 import ssl
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import aiohttp
 import aiosmtplib
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from packaging.requirements import Requirement
 
-from exporter import imap, net, pop3, smtp
+from exporter import imap, net, pop3, smtp, web
 from exporter.config import Config, IncomingConfig, Protocol, Secret, Security, TLSOptions
 from exporter.dns import DeviceRun
 from exporter.errors import ServerTimeout
 from exporter.message import Signer
 from exporter.scheduler import Scheduler, TaskRunner, spread
+from exporter.service import Exporter
 from tests.hostile import HostileServer, Peer, proxy, serve, tarpit
 from tests.rig import MailRig
 from tests.tasks import SIGNER, config_of, probe_once, task_dict
@@ -244,3 +248,28 @@ async def test_a_reload_that_changes_tasks_keeps_the_others_schedule(
     assert {name: times[name] for name in ("t0", "t1", "t2")} == {f"t{i}": slots(i, 4, range(4)) for i in range(3)}
     assert times["t3"] == slots(3, 4, range(1))
     assert times["t4"] == [t for t in slots(3, 4, range(4)) if t > reload_at]
+
+
+# --- 5b: scrapes cannot swamp the probes ---------------------------------------------------------
+
+
+async def test_concurrent_scrapes_share_one_render(
+    rig: MailRig, user: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """200 scrapes at once cost one render per format (not 200), and every one gets the whole body."""
+    monkeypatch.setattr(web, "SHARE_SECONDS", math.inf)  # the count must not depend on the machine's speed
+    exporter = Exporter(tmp_path / "config.yml", four_tasks(rig, user), SIGNER)  # not started: no probes
+    client = TestClient(TestServer(web.make_app(exporter)), connector=aiohttp.TCPConnector(limit=0))
+    await client.start_server()
+    try:
+        async def scrape(accept: str) -> tuple[int, bytes]:
+            async with client.get("/metrics", headers={"Accept": accept}) as response:
+                return response.status, await response.read()
+
+        openmetrics = "application/openmetrics-text; version=1.0.0"
+        answers = await asyncio.gather(*(scrape(openmetrics if i % 2 else "text/plain") for i in range(200)))
+    finally:
+        await client.close()
+    assert client.app[web.GATE_KEY].renders == 2
+    assert {status for status, _ in answers} == {200}
+    assert all(b"mail_roundtrip_exporter_build_info" in body for _, body in answers)
