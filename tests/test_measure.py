@@ -258,6 +258,7 @@ async def test_concurrent_scrapes_share_one_render(
 ) -> None:
     """200 scrapes at once cost one render per format (not 200), and every one gets the whole body."""
     monkeypatch.setattr(web, "SHARE_SECONDS", math.inf)  # the count must not depend on the machine's speed
+    monkeypatch.setattr(web, "PER_SECOND", math.inf)  # no pacing: all 200 at once
     exporter = Exporter(tmp_path / "config.yml", four_tasks(rig, user), SIGNER)  # not started: no probes
     client = TestClient(TestServer(web.make_app(exporter)), connector=aiohttp.TCPConnector(limit=0))
     await client.start_server()
