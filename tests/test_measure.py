@@ -274,3 +274,33 @@ async def test_concurrent_scrapes_share_one_render(
     assert client.app[web.GATE_KEY].renders == 2
     assert {status for status, _ in answers} == {200}
     assert all(b"mail_roundtrip_exporter_build_info" in body for _, body in answers)
+
+
+async def test_scrapes_past_the_queue_are_refused_at_once(
+    rig: MailRig, user: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One answer at a time, the next not for an hour, 3 may wait: of 10 scrapes one is answered, one
+    holds the slot, 3 wait, and the other 5 get 503 at once (no time assertion: the pace is an hour)."""
+    monkeypatch.setattr(web, "SENDING", 1)
+    monkeypatch.setattr(web, "PER_SECOND", 1 / 3600)
+    monkeypatch.setattr(web, "WAITING", 3)
+    exporter = Exporter(tmp_path / "config.yml", four_tasks(rig, user), SIGNER)  # not started: no probes
+    client = TestClient(TestServer(web.make_app(exporter)), connector=aiohttp.TCPConnector(limit=0))
+    await client.start_server()
+
+    async def scrape() -> int:
+        async with client.get("/metrics") as response:
+            await response.read()
+            return response.status
+
+    scrapes = [asyncio.ensure_future(scrape()) for _ in range(10)]
+    try:
+        answered = [await next_done for next_done in itertools.islice(asyncio.as_completed(scrapes), 6)]
+    finally:
+        for pending in scrapes:
+            pending.cancel()
+        await asyncio.gather(*scrapes, return_exceptions=True)
+        await client.close()
+    assert sorted(answered) == [200, 503, 503, 503, 503, 503]
+    assert client.app[web.GATE_KEY].renders == 1
+    assert sum(not s.done() or s.cancelled() for s in scrapes) == 4  # the slot holder and 3 waiting
