@@ -366,18 +366,27 @@ def received_time(headers: bytes) -> float | None:
 async def open_session(
     config: IncomingConfig, connected: net.Connected, clock: PhaseClock, signer: Signer, memo: set[str]
 ) -> Pop3Session:
-    """TLS (phase mailbox_tls, skipped without TLS) and login (phase mailbox_login) on a connected socket."""
+    """TLS, greeting and login on a connected socket, in the phases IMAP uses: the implicit TLS
+    handshake in mailbox_tls, the greeting in mailbox_login (with the hint about implicit-TLS ports
+    unless TLS came first), STLS and its handshake in mailbox_tls, USER/PASS in mailbox_login."""
+    implicit = config.security is Security.TLS
+    context = net.client_context(config.tls)
     client: Pop3Client | None = None
     try:
-        if config.security is Security.NONE:
-            client = await Pop3Client.open(connected)
-        else:
+        if implicit:
             async with clock.phase("mailbox_tls"):
-                client = await _secure(config, connected)
+                client = await Pop3Client.open(connected, context, config.host)
+        else:
+            client = await Pop3Client.open(connected)
+        async with clock.phase("mailbox_login", hint="" if implicit else net.GREETING_HINT):
+            await client.greeting()
+        if config.security is Security.STARTTLS:
+            async with clock.phase("mailbox_tls"):
+                await _start_tls(client, context, config.host)
         session = Pop3Session(client, signer, memo, connected.address)
         if config.security is not Security.NONE:
             session.certificate_not_after = net.certificate_not_after(client.ssl_object())
-        async with clock.phase("mailbox_login"):
+        async with clock.phase("mailbox_login", accumulate=True):
             await _login(client, config)
         return session
     except BaseException:
@@ -388,23 +397,13 @@ async def open_session(
         raise
 
 
-async def _secure(config: IncomingConfig, connected: net.Connected) -> Pop3Client:
-    context = net.client_context(config.tls)
-    if config.security is Security.TLS:
-        return await Pop3Client.open(connected, context, config.host)
-    client = await Pop3Client.open(connected)
-    try:
-        await client.greeting()
-        if "STLS" not in await _capabilities(client):
-            raise TLSFailure("server does not offer STLS")
-        ok, text = await client.command("STLS")
-        if not ok:
-            raise TLSFailure(f"server does not offer STLS: {text}")
-        await client.start_tls(context, config.host)
-    except BaseException:
-        client.abort()
-        raise
-    return client
+async def _start_tls(client: Pop3Client, context: ssl.SSLContext, host: str) -> None:
+    if "STLS" not in await _capabilities(client):
+        raise TLSFailure("server does not offer STLS")
+    ok, text = await client.command("STLS")
+    if not ok:
+        raise TLSFailure(f"server does not offer STLS: {text}")
+    await client.start_tls(context, host)
 
 
 async def _capabilities(client: Pop3Client) -> set[str]:
@@ -423,8 +422,6 @@ async def _login(client: Pop3Client, config: IncomingConfig) -> None:
     # Check both before sending either: a bad password must not leave a half-done login behind.
     client.encode("USER", user)
     client.encode("PASS", password)
-    if config.security is not Security.STARTTLS:
-        await client.greeting()  # with STARTTLS it was read before STLS
     for name, arg in (("USER", user), ("PASS", password)):
         ok, text = await client.command(name, arg)
         if not ok:

@@ -12,7 +12,8 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 
 from exporter.config import Config, DeviceConfig, TaskConfig
 from exporter.dns import DeviceRun, ResolverCache
@@ -31,6 +32,19 @@ LATE_MAX_COUNT = 100
 TaskKey = tuple[str, str]
 
 
+@dataclass
+class Slot:
+    """Where a task's probes fall: ``position`` seconds after the scheduler's epoch, then every
+    ``interval``; ``cycle`` is the device run of its next probe. Kept by the task across reloads."""
+
+    position: float
+    interval: float
+    cycle: int
+
+    def due(self, epoch: float) -> float:
+        return epoch + self.position + self.cycle * self.interval
+
+
 class TaskRunner:
     """One task: its statistics, its mailbox memory and its in-flight probes."""
 
@@ -41,6 +55,7 @@ class TaskRunner:
         self.stats = TaskStats(device.name, task.name, device.interval, task.email_timeout)
         self.mailbox = Mailbox(task.incoming, signer, on_late=self._late_arrival)
         self.probes: set[asyncio.Task[None]] = set()
+        self.slot: Slot | None = None  # set by the scheduler
 
     def launch(self, run: DeviceRun) -> None:
         if len(self.probes) >= self.task.max_in_flight:
@@ -100,17 +115,24 @@ def spread(name: str) -> float:
 
 
 class Scheduler:
-    def __init__(self, signer: Signer) -> None:
+    """Each task launches at its own slot in its device's interval; a reload keeps every unchanged
+    task's slot (and so the rest of a device run that is under way), and only new or re-timed tasks
+    get new slots. ``clock`` and ``sleep`` are the monotonic clock and its sleep."""
+
+    def __init__(self, signer: Signer, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.signer = signer
         self.runners: dict[TaskKey, TaskRunner] = {}
         self._loops: list[asyncio.Task[None]] = []
-        self._epoch = time.monotonic()
+        self._clock = clock
+        self._sleep = sleep
+        self._epoch = clock()
 
     def stats(self) -> Iterator[TaskStats]:
         return (runner.stats for runner in self.runners.values())
 
     async def apply(self, config: Config) -> None:
-        """Start the config's tasks; unchanged tasks keep their in-flight probes and counters."""
+        """Start the config's tasks; unchanged tasks keep their in-flight probes, counters and slots."""
         await self._stop_loops()
         wanted = {(device.name, task.name): (device, task) for device, task in config.tasks()}
         for key in [k for k, runner in self.runners.items() if k not in wanted or runner.task != wanted[k][1]]:
@@ -121,23 +143,31 @@ class Scheduler:
             self.runners[key].stats.interval = device.interval  # a device's interval may change on reload
         for device in config.devices:
             runners = [self.runners[(device.name, task.name)] for task in device.tasks]
+            for index, runner in enumerate(runners):
+                if runner.slot is None or runner.slot.interval != device.interval:
+                    runner.slot = self._first_slot(device, index, len(runners))
             self._loops.append(asyncio.create_task(self._device_loop(device, runners), name=f"device {device.name}"))
 
+    def _first_slot(self, device: DeviceConfig, index: int, count: int) -> Slot:
+        """A device's tasks start spread over its interval, after a per-device offset; counted from the
+        exporter's start, so a new slot is the next one due, never one in the past."""
+        position = (spread(device.name) + index / count) * device.interval
+        elapsed = self._clock() - self._epoch - position
+        return Slot(position, device.interval, max(0, math.ceil(elapsed / device.interval)))
+
     async def _device_loop(self, device: DeviceConfig, runners: list[TaskRunner]) -> None:
-        """Each interval is one device run; its tasks start spread over the interval."""
-        offset = spread(device.name) * device.interval
-        # Cycles are counted from the exporter's start, so a reload does not shift or repeat runs.
-        elapsed = time.monotonic() - self._epoch - offset
-        cycle = max(0, math.ceil(elapsed / device.interval))
+        """Launch each task at its slot; the tasks of one cycle share one device run (device_cached DNS)."""
         ttl_cache = ResolverCache()  # ttl_cached answers outlive a run (not a reload: servers may change)
-        while True:
-            start = self._epoch + offset + cycle * device.interval
-            run = DeviceRun(device, ttl_cache)
-            for index, runner in enumerate(runners):
-                await _sleep_until(start + index * device.interval / len(runners))
-                runner.launch(run)
-            cycle += 1
-            await _sleep_until(self._epoch + offset + cycle * device.interval)
+        run: DeviceRun | None = None
+        run_cycle = -1
+        slots = [(runner, runner.slot) for runner in runners if runner.slot is not None]
+        while slots:
+            runner, slot = min(slots, key=lambda item: item[1].due(self._epoch))
+            await self._sleep(max(0.0, slot.due(self._epoch) - self._clock()))
+            if run is None or slot.cycle != run_cycle:
+                run, run_cycle = DeviceRun(device, ttl_cache), slot.cycle
+            runner.launch(run)
+            slot.cycle += 1
 
     async def _stop_loops(self) -> None:
         for loop in self._loops:
@@ -149,7 +179,3 @@ class Scheduler:
         await self._stop_loops()
         for runner in self.runners.values():
             await runner.stop()
-
-
-async def _sleep_until(deadline: float) -> None:
-    await asyncio.sleep(max(0.0, deadline - time.monotonic()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -200,9 +201,22 @@ def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
     return server_text(f"{exc.code} {exc.message}" if exc.code >= 0 else exc.message)
 
 
+def check_aiosmtplib() -> None:
+    """Fail loudly if aiosmtplib lost the private hook the TLS/greeting split relies on.
+
+    Without it the override below is never called: no error, but the wait for the banner silently
+    moves from smtp_greeting into smtp_tls. pyproject.toml pins the tested range; this catches an
+    install outside it (tests/test_measure.py checks the split itself).
+    """
+    hook = getattr(aiosmtplib.SMTP, "_create_connection", None)
+    if not inspect.iscoroutinefunction(hook) or list(inspect.signature(hook).parameters) != ["self", "timeout"]:
+        raise ImportError(f"aiosmtplib {aiosmtplib.__version__} has no SMTP._create_connection(self, timeout): "
+                          "install the version pinned in pyproject.toml")
+
+
 class _HandshakeTimedSMTP(aiosmtplib.SMTP):
     """Notes when the transport is up (for implicit TLS: the handshake ended); aiosmtplib's connect()
-    reports that only together with the banner."""
+    reports that only together with the banner. Overrides a private method: see check_aiosmtplib."""
 
     connected_at: float | None = None
 
@@ -229,3 +243,6 @@ class _LoopWatch:
         result = await self._loop.create_connection(*args, **kwargs)
         self._client.connected_at = time.monotonic()
         return result
+
+
+check_aiosmtplib()

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import http.client
 import imaplib
+import json
 import math
 import os
 import random
@@ -607,6 +608,137 @@ def summarize_profile(lines: Iterable[str], top: int = 15) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------- scrape load (issue 10, 5b)
+# Does heavy scraping change what the exporter measures? The exporter as a subprocess with N tasks,
+# first a quiet window, then the same window with SCRAPERS concurrent clients fetching /metrics in a
+# loop. Delivery and probe duration come from each probe's "probe finished" log line (JSON logs).
+# --scrape-tree runs the exporter from another source tree (e.g. `git archive` of an older commit),
+# for a before/after comparison on the same rig.
+
+SCRAPERS = 200
+
+
+@dataclass
+class LoadWindow:
+    label: str
+    delivery: list[float] = field(default_factory=list)
+    duration: list[float] = field(default_factory=list)
+    failed: int = 0
+    scrapes: int = 0
+    scrape_errors: int = 0
+    rss_mb: float = 0.0
+
+
+def probe_lines(path: Path, start: int, end: int) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as fh:
+        fh.seek(start)
+        for raw in fh.read(end - start).splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(raw)
+                if isinstance(record, dict) and record.get("msg") == "probe finished":
+                    yield record
+
+
+def current_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _scrape_loop(port: int, stop_at: float, window: LoadWindow) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        while time.monotonic() < stop_at:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    await response.read()
+                    window.scrapes += response.status == 200
+                    window.scrape_errors += response.status != 200
+            except (aiohttp.ClientError, TimeoutError):
+                window.scrape_errors += 1
+
+
+def _scrapers(port: int, seconds: float, window: LoadWindow) -> None:
+    async def run() -> None:
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(_scrape_loop(port, stop_at, window) for _ in range(SCRAPERS)))
+
+    asyncio.run(run())
+
+
+def _load_window(proc: subprocess.Popen[bytes], log: Path, label: str, seconds: float, port: int | None) -> LoadWindow:
+    window = LoadWindow(label)
+    start = log.stat().st_size
+    if port is None:
+        time.sleep(seconds)
+    else:
+        _scrapers(port, seconds, window)
+    window.rss_mb = current_rss_mb(proc.pid)
+    for record in probe_lines(log, start, log.stat().st_size):
+        if record.get("result") == "success" and record.get("delivery_seconds") != "":
+            window.delivery.append(float(record["delivery_seconds"]))
+            window.duration.append(float(record["duration_seconds"]))
+        else:
+            window.failed += 1
+    return window
+
+
+def run_scrape_load(rig: MailRig, users: Sequence[str], interval: float, seconds: float, workdir: Path,
+                    tree: Path, label: str) -> list[LoadWindow]:
+    for user in users:
+        rig.clear_mailbox(user)
+    tasks = [task_dict(rig, user, f"t{i:04d}") for i, user in enumerate(users)]
+    config = workdir / f"load-{label}.yml"
+    config.write_text(yaml.safe_dump({"devices": [{"name": DEVICE, "interval": f"{interval:g}s", "tasks": tasks}]}))
+    config.chmod(0o600)
+    port, log = free_port(), workdir / f"load-{label}.log"
+    command = [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
+               f"127.0.0.1:{port}", "--signing.key-file", str(workdir / "signing.key"), "--log.format", "json"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        wait_ready(proc, port).close()
+        time.sleep(spread(DEVICE) * interval + interval)  # warm-up: every task has started once
+        quiet = _load_window(proc, log, f"{label}, no scraping", seconds, None)
+        loaded = _load_window(proc, log, f"{label}, {SCRAPERS} scrapers", seconds, port)
+        after = _load_window(proc, log, f"{label}, after scraping", min(seconds, interval), None)
+    finally:
+        stop(proc)
+    return [quiet, loaded, after]
+
+
+def load_table(windows: Sequence[LoadWindow]) -> list[str]:
+    rows = ["| run | probes ok (failed) | delivery p50 / p95 (ms) | probe duration p50 / p95 (ms) "
+            "| scrapes ok (errors) | RSS at the end (MB) |", "| --- | --- | --- | --- | --- | --- |"]
+    for w in windows:
+        delivery = f"{ms(pct(w.delivery, 50))} / {ms(pct(w.delivery, 95))}"
+        duration = f"{ms(pct(w.duration, 50))} / {ms(pct(w.duration, 95))}"
+        rows.append(f"| {w.label} | {len(w.delivery)} ({w.failed}) | {delivery} | {duration} "
+                    f"| {w.scrapes} ({w.scrape_errors}) | {w.rss_mb:.0f} |")
+    return rows
+
+
+def scrape_load_main(args: argparse.Namespace) -> int:
+    trees = [(REPO, "this tree")] + ([(Path(args.scrape_tree).resolve(), "other tree")] if args.scrape_tree else [])
+    workdir = Path(tempfile.mkdtemp(prefix="mrt-load-"))
+    windows: list[LoadWindow] = []
+    with MailRig(users=0) as rig, contextlib.nullcontext() if args.direct else Releaser(rig):
+        users = rig.add_users(f"load{i:03d}" for i in range(args.load_tasks))
+        for tree, label in trees:
+            print(f"scrape load: {label} ({tree}), {args.load_tasks} tasks ...", file=sys.stderr, flush=True)
+            windows += run_scrape_load(rig, users, args.load_interval, args.load_seconds, workdir, tree, label)
+    shutil.rmtree(workdir, ignore_errors=True)
+    held = "delivered at once" if args.direct else "held and released at random moments"
+    print(f"\n## Scrape load ({args.load_tasks} tasks at {args.load_interval:g}s, windows of "
+          f"{args.load_seconds:g}s, {SCRAPERS} concurrent /metrics clients; mail {held})\n")
+    print("\n".join(machine()))
+    print("\n".join(load_table(windows)))
+    return 0
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -734,6 +866,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="py-spy the exporter this long at the largest task count, after measuring (default off)")
     p.add_argument("--quick", action="store_true", help="a short run for trying the script out")
+    p.add_argument("--scrape-load", action="store_true",
+                   help=f"only the scrape-load comparison: probes with and without {SCRAPERS} concurrent scrapers")
+    p.add_argument("--scrape-tree", help="with --scrape-load: also run the exporter from this source tree (before)")
+    p.add_argument("--load-tasks", type=int, default=50, help="tasks for --scrape-load (default 50)")
+    p.add_argument("--load-interval", type=float, default=10.0, help="their interval in seconds (default 10)")
+    p.add_argument("--load-seconds", type=float, default=30.0, help="each measured window (default 30)")
     args = p.parse_args(argv)
     if args.letters is None:
         args.letters = 20 if args.quick else 200
@@ -751,6 +889,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("run as root: the mail rig starts Postfix and Dovecot", file=sys.stderr)
         return 2
+    if args.scrape_load:
+        return scrape_load_main(args)
     started = time.monotonic()
     facts = machine()
     workdir = Path(tempfile.mkdtemp(prefix="mrt-bench-"))
