@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+import reprlib
 import ssl
 import traceback
 from collections.abc import Callable, Mapping
@@ -315,10 +316,14 @@ def _port(value: Any) -> int:
     return value
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict, _SHORT_REPR.maxstring = 2, 3, 3, 40
+
+
 def shown(value: Any) -> str:
-    """A value quoted in an error, cut short: a line stays a line whatever was written."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A value quoted in an error, cut short without walking all of it: an alias bomb written as a
+    duration must not be rendered in full (billions of items), and a line stays a line."""
+    return _SHORT_REPR.repr(value)
 
 
 def parse_duration(value: Any, bare_unit: str = "s") -> float:
@@ -400,7 +405,9 @@ def _port_text(text: str) -> int:
 
 
 def _read_secret(node: Node, base_dir: Path) -> Secret | None:
-    sources = [key for key in ("password", "password_env", "password_file") if node.has(key)]
+    keys = ("password", "password_env", "password_file")
+    node.used.update(keys)  # one of them written as null is no source, and no unknown key either
+    sources = [key for key in keys if node.has(key)]
     if len(sources) > 1:
         raise node.error(f"give only one of password, password_env, password_file (got {', '.join(sources)})")
     if not sources:
@@ -692,6 +699,8 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: {_yaml_problem(exc, text)}") from None
     except RecursionError:  # the pure-Python composer recurses per level; libyaml stops at 1,000 itself
         raise ConfigError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels") from None
+    except Exception:  # PyYAML's constructors: int() of 5,000 digits, 2024-13-45, an empty !!int (IndexError)
+        raise ConfigError(f"{path}: a number, date or tagged value cannot be converted") from None
     finally:
         loader.dispose()
 
