@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from exporter import __version__, keys, logs
-from exporter.config import Config, ConfigError, load_config, split_host_port
+from exporter.config import Config, describe_failure, load_config, split_host_port
 from exporter.dns import DeviceRun
 from exporter.message import Signer
 from exporter.probe import PHASES, ProbeResult, run_probe
@@ -56,14 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format)
     try:
         config = load_config(args.config_file)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    except Exception as exc:  # one line, whatever it is: a traceback could quote the file's passwords
+        print(f"config error: {describe_failure(Path(args.config_file), exc)}", file=sys.stderr)
         return EXIT_CONFIG
     warn_unverified(config)
     try:
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        print(f"error: {describe_failure(Path(args.web_config_file), exc)}", file=sys.stderr)
         return EXIT_USAGE
     if args.config_check:
         print(f"{args.config_file}: ok ({len(config.tasks())} tasks in {len(config.devices)} devices)")

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
+from exporter import files
+
 KEY_BYTES = 32
+MAX_KEY_FILE_BYTES = 4 * files.KIB
 
 
 class SigningKeyError(Exception):
@@ -24,15 +28,27 @@ def default_key_path() -> Path:
 
 
 def load_or_create(path: Path) -> bytes:
-    try:
-        key = bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return _create(path)
-    except (OSError, ValueError) as exc:
+    try:
+        _refuse_shared(path)
+        key = bytes.fromhex(files.read_text(path, MAX_KEY_FILE_BYTES).strip())
+    except ValueError as exc:  # FileError is one; fromhex names the position, never the key's text
         raise SigningKeyError(f"{path}: cannot read the signing key: {exc}") from None
     if len(key) < 16:
         raise SigningKeyError(f"{path}: the signing key is shorter than 16 bytes")
     return key
+
+
+def _refuse_shared(path: Path) -> None:
+    """Whoever can read the key can sign letters the sweep then deletes as ours: only the owner may."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise SigningKeyError(f"{path}: cannot read the signing key: {exc.strerror}") from None
+    if mode & 0o077:
+        raise SigningKeyError(f"{path}: the signing key is open to group or others (mode {mode:04o}); "
+                              f"make it private with chmod 600")
 
 
 def _create(path: Path) -> bytes:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client import exposition as text_exposition
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, describe_failure, load_config
 from exporter.message import Signer
 from exporter.metrics import ReloadStatus, SelfCollector, TaskStats, render_tasks
 from exporter.scheduler import Scheduler
@@ -37,6 +37,7 @@ class Exporter:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._reload_lock = asyncio.Lock()
+        self._signal_reloads: set[asyncio.Task[str | None]] = set()  # held: the loop keeps only weak references
         self.stopping = asyncio.Event()
 
     def render_metrics(self, stats: list[TaskStats], openmetrics: bool) -> bytes:
@@ -49,16 +50,18 @@ class Exporter:
         log.info("exporter started", extra={"tasks": len(self.config.tasks()), "devices": len(self.config.devices)})
 
     async def reload(self) -> str | None:
-        """Load the config file again; a bad one is rejected and the old one keeps running."""
+        """Load the config file again; a bad one is rejected and the old one keeps running. Never raises:
+        whatever goes wrong is the metric at 0, one log line and the returned line (POST /-/reload's 500)."""
         async with self._reload_lock:
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
-            except ConfigError as exc:
+                warn_unverified(config)
+                await self.scheduler.apply(config)
+            except Exception as exc:  # not only ConfigError: a bug must not become a lost task's traceback
+                error = describe_failure(self.config_path, exc)
                 self.reload_status.successful = False
-                log.error("config reload failed, keeping the running config", extra={"error": str(exc)})
-                return str(exc)
-            warn_unverified(config)
-            await self.scheduler.apply(config)
+                log.error("config reload failed", extra={"error": error})
+                return error
             self.config = config
             self.reload_status.successful = True
             self.reload_status.last_success = time.time()
@@ -67,9 +70,14 @@ class Exporter:
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+
+    def _reload_on_signal(self) -> None:
+        task = asyncio.ensure_future(self.reload())
+        self._signal_reloads.add(task)
+        task.add_done_callback(self._signal_reloads.discard)
 
     async def stop(self) -> None:
         """Cancel probes and close their connections; a server that ignores our goodbyes cannot

@@ -26,7 +26,7 @@ import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.config import Node, as_bool, as_string, existing_file, read_yaml
+from exporter.config import Node, as_bool, as_string, existing_file, read_yaml, ssl_reason
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _tls(node: Node, base_dir: Path) -> ssl.SSLContext:
         # A passphrase prompt on the terminal would hang a service: an encrypted key is an error.
         context.load_cert_chain(cert_file, key_file, password=lambda: b"")
     except (ssl.SSLError, OSError) as exc:
-        raise node.error(f"cannot load certificate and key: {_ssl_reason(exc)}", "cert_file") from None
+        raise node.error(f"cannot load certificate and key: {ssl_reason(exc)}", "cert_file") from None
     _client_auth(node, context, base_dir)
     _versions(node, context)
     _ciphers(node, context)
@@ -154,10 +154,6 @@ def _tls(node: Node, base_dir: Path) -> ssl.SSLContext:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     node.finish()
     return context
-
-
-def _ssl_reason(exc: ssl.SSLError | OSError) -> str:
-    return str(getattr(exc, "reason", None) or exc.strerror or exc).lower().replace("_", " ")
 
 
 def _client_auth(node: Node, context: ssl.SSLContext, base_dir: Path) -> None:
@@ -176,7 +172,7 @@ def _client_auth(node: Node, context: ssl.SSLContext, base_dir: Path) -> None:
         try:
             context.load_verify_locations(cafile=ca_file)
         except (ssl.SSLError, OSError) as exc:
-            raise node.error(f"cannot load CA certificates: {_ssl_reason(exc)}", "client_ca_file") from None
+            raise node.error(f"cannot load CA certificates: {ssl_reason(exc)}", "client_ca_file") from None
     context.verify_mode = mode
 
 

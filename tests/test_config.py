@@ -95,7 +95,7 @@ def test_durations(text: Any, bare: str, seconds: float) -> None:
         (lambda d: d["devices"][0]["tasks"][0]["incoming"].update(prot=1),
          "cfg.yml: devices[0].tasks[0].incoming: unknown key 'prot'"),
         (lambda d: d["devices"][0]["tasks"][0].update(email_timeout=61),
-         "cfg.yml: devices[0].tasks[0].email_timeout: must be at most 3600s"),
+         "cfg.yml: devices[0].tasks[0].email_timeout: must be at most 1h"),
         (lambda d: d["devices"][0]["tasks"][0].update(completion_timeout="soon"),
          "cfg.yml: devices[0].tasks[0].completion_timeout: must be a duration"),
         (lambda d: d["devices"][0]["tasks"][0].update(destination="nobody"),

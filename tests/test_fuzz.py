@@ -45,15 +45,21 @@ def test_config_loader_raises_only_config_errors(data: Any) -> None:
         assert str(exc).startswith("fuzz.yml: ") and "\n" not in str(exc)
 
 
+YAML_PIECES = [b"&a [", b"*a", b"]", b"<<: ", b"{", b"}", b"- ", b"\n  ", b"\xe9", b"\x00", b"devices:",
+               b"1" * 50, b"!!int"]
+FILE_CONTENT = (st.text(max_size=300).map(str.encode) | st.binary(max_size=300)
+                | st.lists(st.sampled_from(YAML_PIECES), max_size=40).map(b"".join))
+
+
 @FUZZ
-@given(st.text(max_size=300))
-def test_config_file_text_raises_only_config_errors(tmp_path_factory: Any, text: str) -> None:
+@given(FILE_CONTENT)
+def test_config_file_content_raises_only_config_errors(tmp_path_factory: Any, content: bytes) -> None:
     path: Path = tmp_path_factory.mktemp("fuzz") / "config.yml"
-    path.write_text(text)
+    path.write_bytes(content)
     try:
         load_config(path)
     except ConfigError as exc:
-        assert str(exc).startswith(str(path))
+        assert str(exc).startswith(str(path)) and "\n" not in str(exc)
 
 
 def test_python_tags_are_rejected(tmp_path: Path) -> None:
