@@ -15,6 +15,7 @@ from aiohttp import web
 from exporter import __version__, keys, logs
 from exporter.config import Config, describe_failure, load_config, split_host_port
 from exporter.dns import DeviceRun
+from exporter.errors import MESSAGE_LIMIT, server_text
 from exporter.message import Signer
 from exporter.probe import PHASES, ProbeResult, run_probe
 from exporter.service import Exporter, warn_unverified
@@ -126,7 +127,7 @@ def _render_one(r: ProbeResult) -> str:
     status = "OK" if r.success else f"FAILED ({r.reason})"
     lines = [f"== {r.device}/{r.task}: {status}"]
     if r.error:
-        lines.append(f"   error: {r.error}")
+        lines.append(f"   error: {_safe(r.error)}")
     lines.append(f"   {'phase':<18}{'seconds':>10}")
     for phase in (p for p in PHASES if p in r.phases):
         seconds = r.phases[phase]
@@ -144,8 +145,14 @@ def _render_one(r: ProbeResult) -> str:
         ("mailbox cert expires", _date(r.mailbox_certificate_not_after)),
     ):
         if value:
-            lines.append(f"   {label}: {value}")
+            lines.append(f"   {label}: {_safe(value)}")
     return "\n".join(lines)
+
+
+def _safe(text: str) -> str:
+    """Once more at the output, whatever the source did: a report line can never hold a line break or a
+    terminal control, so no server can forge a "== device/task: OK" line or drive the terminal."""
+    return server_text(text, MESSAGE_LIMIT)
 
 
 def _date(unix: float | None) -> str | None:

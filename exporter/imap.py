@@ -352,7 +352,7 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         except aioimaplib.CommandTimeout:
             raise ServerTimeout(f"no answer to {command}") from None
         except (aioimaplib.AioImapException, ValueError) as exc:
-            raise ProtocolFailure(f"{command} failed: {exc}") from None
+            raise ProtocolFailure(f"{command} failed: {server_text(str(exc))}") from None
 
     async def discard(self, polite: bool) -> None:
         """Close the session; LOGOUT only when the connection is healthy (after a timeout it is not)."""

@@ -36,7 +36,9 @@ class JSONFormatter(logging.Formatter):
 
 def _logfmt_value(value: Any) -> str:
     text = "" if value is None else str(value)
-    if text and not any(c in text for c in ' "=\n\t\\'):
+    # Bare only if plainly printable: anything else (CR, ESC, U+2028, U+202E ...) is quoted, and
+    # json.dumps writes it as a \u escape, so no value can break the line or drive a terminal.
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
         return text
     return json.dumps(text)
 

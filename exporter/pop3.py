@@ -25,7 +25,7 @@ from email.utils import parsedate_to_datetime
 
 from exporter import net
 from exporter.config import IncomingConfig, Security
-from exporter.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
+from exporter.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure, server_text
 from exporter.mailbox import FoundLetter, wanted
 from exporter.message import BOUNCE_BYTES, Recognised, Signer, is_delivery_report, recognise
 from exporter.net import PhaseClock
@@ -44,7 +44,6 @@ REPLY_TEXT_LIMIT = 200  # how much of a server's text goes into an error message
 QUIT_TIMEOUT = 2.0  # close() is best effort and must not hold the probe up
 
 _UIDL_LINE = re.compile(rb"([1-9][0-9]{0,9}) ([\x21-\x7e]{1,70})")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Pop3Client:
@@ -203,11 +202,8 @@ class Pop3Client:
         return ProtocolFailure(f"connection closed by the server during {name}{detail}")
 
     def printable(self, raw: bytes) -> str:
-        """Server text fit for an error message: printable, short, and without our secrets."""
-        text = _UNPRINTABLE.sub("?", raw.decode("utf-8", "replace"))
-        for secret in self._secrets:
-            text = text.replace(secret, "********")
-        return text[:REPLY_TEXT_LIMIT] + ("..." if len(text) > REPLY_TEXT_LIMIT else "")
+        """Server text fit for an error message (errors.server_text), without our secrets."""
+        return server_text(raw, REPLY_TEXT_LIMIT, hide=self._secrets)
 
 
 class Pop3Session:

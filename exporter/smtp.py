@@ -39,7 +39,7 @@ LOCAL_HOSTNAME = "mail-roundtrip-exporter.localhost"
 class Receipt:
     """What the SMTP server said when it took the letter."""
 
-    reply: str  # the final DATA reply, e.g. "2.0.0 Ok: queued as 4Xy1Z2"
+    reply: str  # the final DATA reply, sanitised (errors.server_text), e.g. "250 2.0.0 Ok: queued as 4Xy1Z2"
     accepted_monotonic: float
     accepted_wall: float
     certificate_not_after: float | None
@@ -126,7 +126,7 @@ async def _submit(
         await client.rcpt(destination)
     async with _phase(clock, "smtp_submit", "DATA", accumulate=True):
         response = await client.data(letter)
-    return f"{response.code} {response.message}"
+    return server_text(f"{response.code} {response.message}")
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

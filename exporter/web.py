@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.errors import MESSAGE_LIMIT, server_text
 from exporter.metrics import TaskStats
 from exporter.service import Exporter
 from exporter.webconfig import WebConfig, install
@@ -161,7 +162,8 @@ def _row(stats: TaskStats) -> str:
             last.mailbox_address or "",
         ]
         css = "ok" if last.success else "bad"
-    tds = "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
+    # Escaped for HTML, and sanitised like every output of server text (no bidi overrides, no controls).
+    tds = "".join(f"<td>{html.escape(server_text(cell, MESSAGE_LIMIT))}</td>" for cell in cells)
     return f'<tr class="{css}">{tds}</tr>'
 
 

@@ -36,3 +36,46 @@ def pytest_runtest_makereport(
 # ============================================================================
 # End of mail rig block.
 # ============================================================================
+
+
+# ============================================================================
+# Fresh mailbox users: a test that takes one is the only test ever to use that
+# mailbox, so a letter it leaves behind (a failure, a letter still held in the
+# Postfix queue) can never turn up in another test's mailbox.
+# ============================================================================
+
+
+class FreshUsers:
+    """Hands out users no test has had yet, created in batches: each batch costs one reload of both
+    servers (a second or more on a loaded machine), each user only a line in their user files."""
+
+    BATCH = 8
+
+    def __init__(self, rig: MailRig) -> None:
+        self.rig = rig
+        self._created = 0
+        self._unused: list[str] = []
+
+    def take(self) -> str:
+        if not self._unused:
+            names = [f"fresh-{self._created + i}" for i in range(1, self.BATCH + 1)]
+            self.rig.add_users(names)
+            self._created += self.BATCH
+            self._unused = names
+        return self._unused.pop(0)
+
+
+@pytest.fixture(scope="session")
+def fresh_users(rig: MailRig) -> FreshUsers:
+    return FreshUsers(rig)
+
+
+@pytest.fixture
+def fresh_user(fresh_users: FreshUsers) -> str:
+    """A mailbox user of this test alone (empty, never used before)."""
+    return fresh_users.take()
+
+
+# ============================================================================
+# End of fresh mailbox users block.
+# ============================================================================

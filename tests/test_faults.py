@@ -111,7 +111,11 @@ SMTP_REPLIES = {
 }
 
 
-def smtp_server(actions: dict[bytes, Action], banner: bytes = b"220 hostile.test ESMTP\r\n") -> Handler:
+def smtp_server(
+    actions: dict[bytes, Action],
+    banner: bytes = b"220 hostile.test ESMTP\r\n",
+    data_reply: bytes = b"250 2.0.0 Ok: queued as HOSTILE\r\n",
+) -> Handler:
     """An SMTP server that answers like a real one, except for the commands in ``actions``."""
 
     async def handler(peer: Peer) -> None:
@@ -128,7 +132,7 @@ def smtp_server(actions: dict[bytes, Action], banner: bytes = b"220 hostile.test
                 await peer.send(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                 while await peer.line() != b".":
                     pass
-                await peer.send(b"250 2.0.0 Ok: queued as HOSTILE\r\n")
+                await peer.send(data_reply)
                 continue
             await peer.send(SMTP_REPLIES.get(verb, b"502 5.5.2 Error: command not recognized\r\n"))
 
@@ -694,3 +698,103 @@ async def healthy_after(scraper: Scraper, probes: float) -> bool:
                    if name == "mail_roundtrip_probe_failures_total" and ("task", "healthy") in lab)
     return values.get(("mail_roundtrip_probes_total", labels), 0) >= probes and failures == 0 \
         and values.get(("mail_roundtrip_probe_success", labels)) == 1
+
+
+# --- server text is data ---------------------------------------------------------------------------
+
+# Everything a server can put in a line to fool a reader: terminal escapes (clear screen, set the
+# window title), a bare CR (overwrites the line on a terminal), NUL, Unicode line and paragraph
+# separators and a right-to-left override, and a forged report header.
+FORGED = b"== forged/task: OK"
+HOSTILE_TEXT = (
+    b"\x1b[2J\x1b]0;owned\x07 bare\rCR " + FORGED + b" NUL\x00 LS\xe2\x80\xa8" + FORGED
+    + b" PS\xe2\x80\xa9 RLO\xe2\x80\xaeKO :ksat/degrof ==\xe2\x80\xac"
+)
+# A reply of 150 lines, 24 KB (aiosmtplib takes up to 32 KB): the report must stay short.
+LONG_REPLY = b"".join(b"554-5.7.1 " + b"x" * 150 + b"\r\n" for _ in range(150)) + b"554 5.7.1 refused\r\n"
+
+
+def multiline(code: bytes, text: bytes) -> bytes:
+    """An SMTP reply spreading ``text`` and a forged header over three lines."""
+    return code + b"-2.0.0 " + text + b"\r\n" + code + b"-" + FORGED + b"\r\n" + code + b" 2.0.0 " + text + b"\r\n"
+
+
+def pop3_refuses_pass(reply: bytes) -> Handler:
+    async def handler(peer: Peer) -> None:
+        await peer.send(b"+OK hostile POP3 ready\r\n")
+        while line := await peer.line():
+            if line.upper().startswith(b"PASS"):
+                await peer.send(reply)
+                return
+            await peer.send(b"+OK\r\n")
+
+    return handler
+
+
+@dataclass(frozen=True)
+class Says:
+    """A task whose ``kind`` leg is a hostile server (the other leg is the real rig) and its reason."""
+
+    name: str
+    kind: str
+    handler: Handler
+    reason: Reason
+
+
+SAYS = [
+    Says("smtp-banner", "smtp-plain", smtp_server({}, banner=multiline(b"554", HOSTILE_TEXT)), Reason.SMTP_REJECTED),
+    # Accepted, so the letter never reaches the (real) mailbox: the reply shows as "smtp reply" and in
+    # the delivery timeout's message.
+    Says("smtp-data-reply", "smtp-plain", smtp_server({}, data_reply=multiline(b"250", HOSTILE_TEXT)),
+         Reason.DELIVERY_TIMEOUT),
+    Says("smtp-data-long", "smtp-plain", smtp_server({}, data_reply=LONG_REPLY), Reason.SMTP_REJECTED),
+    Says("imap-greeting", "imap-plain", says(b"* BYE " + HOSTILE_TEXT + b"\r\n"), Reason.MAILBOX),
+    Says("imap-login", "imap-plain", imap_server({b"LOGIN": replies(b"TAG NO " + HOSTILE_TEXT + b"\r\n", listens)}),
+         Reason.AUTH),
+    Says("pop3-greeting", "pop3-plain", says(b"-ERR " + HOSTILE_TEXT + b"\r\n"), Reason.MAILBOX),
+    Says("pop3-pass", "pop3-plain", pop3_refuses_pass(b"-ERR " + HOSTILE_TEXT + b"\r\n"), Reason.AUTH),
+]
+
+
+async def run_once(config: dict[str, Any], tmp_path: Path) -> tuple[int, str, str]:
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exporter", "--once", "--config.file", str(path),
+        "--signing.key-file", str(tmp_path / "key"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_once_report_shows_server_text_as_data(rig: MailRig, fresh_user: str, tmp_path: Path) -> None:
+    """Hostile text in an SMTP banner and DATA reply, an IMAP and a POP3 error: the --once report has
+    exactly one header line per task, no control character, and bounded lines; the text is still there
+    (flattened) for the admin to read."""
+    async with contextlib.AsyncExitStack() as stack:
+        tasks = []
+        for case in SAYS:
+            server = await stack.enter_async_context(serve(case.handler))
+            leg = "smtp" if case.kind in SMTP_LEGS else "incoming"
+            kinds = {"smtp": case.kind, "mailbox": "imap-plain"} if leg == "smtp" else {
+                "smtp": "smtp-plain", "mailbox": case.kind}
+            task = task_dict(rig, fresh_user, name=case.name, completion_timeout="5s", email_timeout="1s", **kinds)
+            task[leg]["host"] = f"127.0.0.1:{server.port}"
+            tasks.append(task)
+        code, stdout, stderr = await run_once({"devices": [{"name": "rig", "tasks": tasks}]}, tmp_path)
+    assert code == 3, stdout + stderr
+    headers = [line for line in stdout.splitlines() if line.startswith("==")]
+    assert headers == [f"== rig/{case.name}: FAILED ({case.reason})" for case in SAYS], stdout
+    for output in (stdout, stderr):
+        assert all(c.isprintable() or c == "\n" for c in output), ascii(output)
+    assert max(len(line) for line in stdout.splitlines()) < 1100
+    for case in SAYS:
+        report = stdout.split(f"== rig/{case.name}: ", 1)[1].split("\n\n", 1)[0]
+        assert ("x" * 150 if case.name == "smtp-data-long" else "bare CR == forged/task: OK NUL? LS") in report
+    assert "smtp reply: 250 2.0.0 ?[2J?]0;owned? bare CR" in stdout
