@@ -7,6 +7,7 @@ from collections.abc import Generator, Iterator
 import pytest
 
 from tests.rig import MailRig
+from tests.tasks import FreshUsers
 
 # ============================================================================
 # Mail rig: one real Postfix + Dovecot (tests/rig.py) for the whole session.
@@ -43,26 +44,6 @@ def pytest_runtest_makereport(
 # mailbox, so a letter it leaves behind (a failure, a letter still held in the
 # Postfix queue) can never turn up in another test's mailbox.
 # ============================================================================
-
-
-class FreshUsers:
-    """Hands out users no test has had yet, created in batches: each batch costs one reload of both
-    servers (a second or more on a loaded machine), each user only a line in their user files."""
-
-    BATCH = 8
-
-    def __init__(self, rig: MailRig) -> None:
-        self.rig = rig
-        self._created = 0
-        self._unused: list[str] = []
-
-    def take(self) -> str:
-        if not self._unused:
-            names = [f"fresh-{self._created + i}" for i in range(1, self.BATCH + 1)]
-            self.rig.add_users(names)
-            self._created += self.BATCH
-            self._unused = names
-        return self._unused.pop(0)
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,23 @@ async def probe_once(task: dict[str, Any], mailbox: Mailbox | None = None) -> Pr
     config = config_of(task)
     device, task_config = config.tasks()[0]
     return await run_probe(device.name, task_config, SIGNER, DeviceRun(device).resolver(task_config), mailbox)
+
+
+class FreshUsers:
+    """Hands out users no test has had yet, created in batches: each batch costs one reload of both
+    servers (a second or more on a loaded machine), each user only a line in their user files."""
+
+    BATCH = 8
+
+    def __init__(self, rig: MailRig) -> None:
+        self.rig = rig
+        self._created = 0
+        self._unused: list[str] = []
+
+    def take(self) -> str:
+        if not self._unused:
+            names = [f"fresh-{self._created + i}" for i in range(1, self.BATCH + 1)]
+            self.rig.add_users(names)
+            self._created += self.BATCH
+            self._unused = names
+        return self._unused.pop(0)

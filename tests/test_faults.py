@@ -37,17 +37,10 @@ from exporter.probe import Mailbox, ProbeResult, run_probe
 from tests.dnsserver import DNSServer
 from tests.hostile import Handler, HostileServer, Peer, Switch, drip, proxy, serve, tarpit
 from tests.rig import DOVEADM, MailRig, _pid_alive, _processes, free_ports
-from tests.tasks import MAILBOX_LEGS, SIGNER, SMTP_LEGS, config_of, task_dict
+from tests.tasks import MAILBOX_LEGS, SIGNER, SMTP_LEGS, FreshUsers, config_of, task_dict
 
-USERS = ("ft-a", "ft-b", "ft-c")
 DEADLINE = 30.0  # generous bound on any one probe: it must end, however the server behaves
 SETTLE = 10.0  # how long leaked tasks, threads and descriptors get to go away
-
-
-@pytest.fixture(scope="module")
-def users(rig: MailRig) -> tuple[str, ...]:
-    rig.add_users(USERS)
-    return USERS
 
 
 # --- running probes ------------------------------------------------------------------------------
@@ -281,12 +274,12 @@ FAULTS = [
 ]
 
 
-def fault_task(rig: MailRig, users: tuple[str, ...], fault: Fault, port: int) -> dict[str, Any]:
+def fault_task(rig: MailRig, user: str, fault: Fault, port: int) -> dict[str, Any]:
     """A real task whose ``fault.leg`` goes to ``port`` on 127.0.0.1 (the certificates name that address)."""
     if fault.leg == "smtp":
-        task = task_dict(rig, users[0], smtp=fault.kind, mailbox="imaps", name=fault.name)
+        task = task_dict(rig, user, smtp=fault.kind, mailbox="imaps", name=fault.name)
     else:
-        task = task_dict(rig, users[1], smtp="smtp-starttls", mailbox=fault.kind, name=fault.name)
+        task = task_dict(rig, user, smtp="smtp-starttls", mailbox=fault.kind, name=fault.name)
     task.update(completion_timeout=fault.completion, email_timeout="5s")
     task[fault.leg]["host"] = f"127.0.0.1:{port}"
     return task
@@ -299,24 +292,23 @@ def check(fault: Fault, result: ProbeResult) -> None:
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-async def test_hostile_server(rig: MailRig, users: tuple[str, ...], fault: Fault) -> None:
+async def test_hostile_server(rig: MailRig, fresh_user: str, fault: Fault) -> None:
     """The fault ends the probe with its reason; once the server behaves (here: passes through to the
     real one), the same task succeeds and cleans up any letter the failed probe left behind."""
-    rig.clear_mailbox(users[1])
     switch = Switch(fault.handler)
     async with serve(switch) as server:
-        task = fault_task(rig, users, fault, server.port)
+        task = fault_task(rig, fresh_user, fault, server.port)
         mailbox = mailbox_of(task)
         failed = await probe(task, mailbox)
         report(fault.name, failed)
         check(fault, failed)
         if failed.sent:  # the letter went to the real mailbox: wait for it, so recovery must clean it up
-            await until(lambda: holds_token(rig, users[1], failed.token), "the failed probe's letter")
+            await until(lambda: holds_token(rig, fresh_user, failed.token), "the failed probe's letter")
         switch.handler = proxy("127.0.0.1", fault.real_port(rig))
         recovered = await probe(task, mailbox)
         assert recovered.success, recovered.error
     assert mailbox.late == {}
-    assert probe_letters(rig, users[1]) == []
+    assert probe_letters(rig, fresh_user) == []
 
 
 # --- nothing left behind -------------------------------------------------------------------------
@@ -349,7 +341,7 @@ def dns_task(rig: MailRig, user: str, server: DNSServer) -> tuple[dict[str, Any]
     return task, {"dns": {"mode": "external", "servers": [server.spec], "timeout": "1s"}}
 
 
-async def test_all_hostile_faults_at_once_leave_nothing_behind(rig: MailRig, users: tuple[str, ...]) -> None:
+async def test_all_hostile_faults_at_once_leave_nothing_behind(rig: MailRig, fresh_user: str) -> None:
     """Every hostile fault at the same time (and a DNS server that never answers): each still gets its
     reason, and afterwards no task, thread or file descriptor is left over."""
     baseline = resources()
@@ -358,8 +350,8 @@ async def test_all_hostile_faults_at_once_leave_nothing_behind(rig: MailRig, use
     try:
         async with contextlib.AsyncExitStack() as stack:
             servers = [await stack.enter_async_context(serve(fault.handler)) for fault in FAULTS]
-            task, device = dns_task(rig, users[0], dns_server)
-            probes = [probe(fault_task(rig, users, f, s.port)) for f, s in zip(FAULTS, servers, strict=True)]
+            task, device = dns_task(rig, fresh_user, dns_server)
+            probes = [probe(fault_task(rig, fresh_user, f, s.port)) for f, s in zip(FAULTS, servers, strict=True)]
             *results, dns_result = await asyncio.gather(*probes, probe(task, **device))
     finally:
         dns_server.close()
@@ -367,18 +359,17 @@ async def test_all_hostile_faults_at_once_leave_nothing_behind(rig: MailRig, use
         check(fault, result)
     assert dns_result.reason is Reason.DNS, dns_result.error
     after = await settled(baseline)
-    rig.clear_mailbox(users[1])  # letters the failed mailbox legs never fetched
     assert within(after, baseline), f"(tasks, threads, fds) before {baseline}, after {after}"
 
 
 # --- DNS -----------------------------------------------------------------------------------------
 
 
-async def test_dns_server_never_answers(rig: MailRig, users: tuple[str, ...]) -> None:
+async def test_dns_server_never_answers(rig: MailRig, fresh_user: str) -> None:
     server = await DNSServer().start()
     try:
         server.blackhole = True
-        task, device = dns_task(rig, users[0], server)
+        task, device = dns_task(rig, fresh_user, server)
         failed = await probe(task, **device)
         report("dns-black-hole", failed)
         assert failed.reason is Reason.DNS, failed.error
@@ -396,10 +387,10 @@ async def test_dns_server_never_answers(rig: MailRig, users: tuple[str, ...]) ->
 
 
 @pytest.fixture
-def user(rig: MailRig, users: tuple[str, ...]) -> Iterator[str]:
-    """ft-c with an empty mailbox, and the rig as it was afterwards (queue released, servers up)."""
-    rig.clear_mailbox(users[2])
-    yield users[2]
+def user(rig: MailRig, fresh_user: str) -> Iterator[str]:
+    """A mailbox of this test alone, and the rig as it was afterwards (servers up, queue released):
+    a letter a failed test leaves, even one still held in the queue, lands where no other test looks."""
+    yield fresh_user
     rig.start_smtp()
     rig.start_imap_pop3()
     rig.release()
@@ -636,7 +627,7 @@ async def answers(scraper: Scraper) -> bool:
 
 
 async def test_exporter_keeps_serving_while_a_server_tarpits(
-    rig: MailRig, users: tuple[str, ...], tmp_path: Path
+    rig: MailRig, fresh_users: FreshUsers, tmp_path: Path
 ) -> None:
     """The exporter as a process: one task's SMTP server accepts and never speaks, the other task is
     healthy. Scrapes are answered while a probe is stuck, the healthy task keeps succeeding, the stuck
@@ -644,10 +635,10 @@ async def test_exporter_keeps_serving_while_a_server_tarpits(
     same task succeeds, without a reload."""
     switch = Switch(tarpit)
     async with serve(switch) as server:
-        stuck = task_dict(rig, users[2], smtp="smtp-starttls", name="tarpit", completion_timeout="2s")
+        stuck = task_dict(rig, fresh_users.take(), smtp="smtp-starttls", name="tarpit", completion_timeout="2s")
         stuck["smtp"]["host"] = f"127.0.0.1:{server.port}"
         config = tmp_path / "config.yml"
-        tasks = [task_dict(rig, users[0], name="healthy"), stuck]
+        tasks = [task_dict(rig, fresh_users.take(), name="healthy"), stuck]
         config.write_text(yaml.safe_dump({"devices": [{"name": "rig", "interval": "1s", "tasks": tasks}]}))
         port = free_ports(1)[0]
         log = tmp_path / "exporter.log"
