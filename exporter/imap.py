@@ -29,17 +29,38 @@ from exporter.errors import (
     TLSFailure,
     server_text,
 )
-from exporter.mailbox import FoundLetter, wanted
-from exporter.message import BOUNCE_BYTES, RECOGNISED_FIELDS, TOKEN_PREFIX, Signer, is_delivery_report, recognise
+from exporter.mailbox import EXAMINE_BATCH, FoundLetter, LetterMemo, wanted
+from exporter.message import (
+    BOUNCE_BYTES,
+    HEADER,
+    RECOGNISED_FIELDS,
+    TOKEN_PREFIX,
+    Recognised,
+    Signer,
+    is_delivery_report,
+    recognise,
+)
 
 T = TypeVar("T")
 
-_FETCH_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({' '.join(RECOGNISED_FIELDS).upper()})])"
+# The header fields a letter is recognised by, at most HEADER_BYTES of them: a probe letter's are a
+# few hundred bytes, so a letter whose fields fill the cap is not ours, whatever its Subject holds.
+HEADER_BYTES = 4096
+_FIELDS = " ".join(RECOGNISED_FIELDS).upper()
+_FETCH_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({_FIELDS})]<0.{HEADER_BYTES}>)"
 _BOUNCE_ITEMS = f"(UID INTERNALDATE BODY.PEEK[]<0.{BOUNCE_BYTES}>)"  # a bounce's returned headers are in its body
+# The sweep looks for letters that carry our own header with a token in it (and bounces that quote
+# one), not at Subjects: a sender can put "mrt-" into any number of Subjects.
+_SWEEP_CRITERIA = [
+    "OR",
+    f"(HEADER {HEADER} {aioimaplib.quoted(TOKEN_PREFIX)})",
+    f"(HEADER Content-Type {aioimaplib.quoted('delivery-status')} BODY {aioimaplib.quoted(TOKEN_PREFIX)})",
+]
 _FETCH_START = re.compile(rb"^\d+ FETCH ")
 _UID = re.compile(rb"\bUID (\d+)")
 _EXISTS = re.compile(rb"^\* \d+ EXISTS")
 _INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 
 
 class ImapSession:
@@ -47,39 +68,61 @@ class ImapSession:
 
     snapshot = False  # a selected mailbox sees new mail on every command: no need to reconnect
 
-    def __init__(self, client: _SocketIMAP4, config: IncomingConfig, signer: Signer, address: str) -> None:
+    def __init__(
+        self, client: _SocketIMAP4, config: IncomingConfig, signer: Signer, address: str, memo: LetterMemo
+    ) -> None:
         self._client = client
         self._config = config
         self._signer = signer
+        self._memo = memo
         self.address = address
         self.certificate_not_after: float | None = None
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
-        # Sweeping looks at every letter that may be ours (the subject prefix of every token);
-        # otherwise only at the awaited tokens.
-        criteria = [TOKEN_PREFIX] if sweep_before is not None else sorted(tokens)
-        if not criteria:
+        # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
+        if sweep_before is not None:
+            criteria = _SWEEP_CRITERIA
+        elif tokens:
+            criteria = _letter_or_bounce(sorted(tokens))
+        else:
             return []
         uids = await self._search(criteria)
-        if not uids:
-            return []
-        fetch = self._client.protocol.fetch(",".join(uids), _FETCH_ITEMS, by_uid=True)
-        response = await self._checked("UID FETCH", fetch)
-        letters = [*self._parse_fetch(response.lines), *await self._bounces(_report_uids(response.lines))]
+        known = [FoundLetter(ours.token, uid, bounce=ours.bounce) for uid in uids if (ours := self._memo.ours(uid))]
+        unknown = [uid for uid in uids if uid not in self._memo][-EXAMINE_BATCH:]  # the newest
+        letters = known + (await self._fetch(unknown) if unknown else [])
         return [letter for letter in letters if wanted(letter.token, tokens, sweep_before)]
 
-    async def _bounces(self, uids: list[str]) -> list[FoundLetter]:
-        """Read these possible bounces whole (bounded) and keep those of our letters."""
-        if not uids:
-            return []
+    async def _fetch(self, uids: list[str]) -> list[FoundLetter]:
+        """The letters of ours among ``uids``; what each one is, the memo keeps (see LetterMemo)."""
+        fetch = self._client.protocol.fetch(",".join(uids), _FETCH_ITEMS, by_uid=True)
+        response = await self._checked("UID FETCH", fetch)
+        fetched = dict(self._parse_fetch(response.lines))
+        reports = [uid for uid, (line, headers) in fetched.items() if is_delivery_report(headers)]
+        bounces = await self._bounces(reports) if reports else {}
+        letters = []
+        for uid, (line, headers) in fetched.items():
+            ours = bounces.get(uid) if uid in reports else self._recognise(headers)
+            self._memo.remember(uid, ours)
+            if ours is not None:
+                letters.append(FoundLetter(ours.token, uid, _internaldate(line), ours.bounce))
+        return letters
+
+    async def _bounces(self, uids: list[str]) -> dict[str, Recognised | None]:
+        """Read these possible bounces (bounded) and recognise the bounces of our letters."""
         fetch = self._client.protocol.fetch(",".join(uids), _BOUNCE_ITEMS, by_uid=True)
         response = await self._checked("UID FETCH", fetch)
-        return list(self._parse_fetch(response.lines))
+        return {uid: recognise(self._signer, body) for uid, (_, body) in self._parse_fetch(response.lines)}
+
+    def _recognise(self, headers: bytes) -> Recognised | None:
+        if len(headers) >= HEADER_BYTES:
+            return None  # cut off at the cap: too big to be ours
+        return recognise(self._signer, headers)
 
     async def delete(self, letters: Collection[FoundLetter]) -> None:
         if not letters:
             return
         uid_set = ",".join(letter.ref for letter in letters)
+        self._memo.forget([letter.ref for letter in letters])
         protocol = self._client.protocol
         await self._checked("UID STORE", protocol.store(uid_set, "+FLAGS.SILENT", r"(\Deleted)", by_uid=True))
         # Without UIDPLUS a plain EXPUNGE would also remove letters someone else marked \Deleted:
@@ -112,22 +155,23 @@ class ImapSession:
     async def close(self) -> None:
         await self._client.discard(polite=True)
 
-    async def _search(self, subjects: list[str]) -> list[str]:
-        # SUBJECT search is the most widely supported; no CHARSET (Exchange and Yahoo reject "CHARSET utf-8").
-        criteria = _letter_or_bounce(subjects)
+    async def _search(self, criteria: list[str]) -> list[str]:
+        """Matching UIDs, lowest first. No CHARSET (Exchange and Yahoo reject "CHARSET utf-8")."""
         protocol = self._client.protocol
         # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail.
         await self._checked("NOOP", protocol.simple_command("NOOP"))
         protocol.new_mail = False  # what NOOP announced, this search sees; later news it may miss
         response = await self._checked("UID SEARCH", protocol.search(*criteria, charset=None, by_uid=True))
         # aioimaplib gives the untagged "* SEARCH 1 2" as b"1 2"; the last line is the tagged status text.
-        return [word.decode() for line in response.lines[:-1] for word in line.split() if word.isdigit()]
+        uids = {int(word) for line in response.lines[:-1] for word in line.split() if word.isdigit()}
+        return [str(uid) for uid in sorted(uids)]
 
-    def _parse_fetch(self, lines: list[Any]) -> Iterator[FoundLetter]:
-        for uid, line, literal in _fetched(lines):
-            ours = recognise(self._signer, literal)
-            if ours is not None:
-                yield FoundLetter(ours.token, uid, _internaldate(line), ours.bounce)
+    @staticmethod
+    def _parse_fetch(lines: list[Any]) -> Iterator[tuple[str, tuple[bytes, bytes]]]:
+        """(UID, (FETCH line, literal)): a FETCH response is a line with UID/INTERNALDATE, then the literal."""
+        for line, literal in itertools.pairwise(lines):
+            if isinstance(line, bytes) and _FETCH_START.match(line) and (uid := _UID.search(line)):
+                yield uid.group(1).decode(), (line, bytes(literal))
 
     async def _checked(self, command: str, operation: Awaitable[Any]) -> Any:
         response = await self._client.run(command, operation)
@@ -136,20 +180,10 @@ class ImapSession:
         return response
 
 
-def _fetched(lines: list[Any]) -> Iterator[tuple[str, bytes, bytes]]:
-    """(UID, FETCH line, literal): a FETCH response is a line with UID/INTERNALDATE, then the literal."""
-    for line, literal in itertools.pairwise(lines):
-        if isinstance(line, bytes) and _FETCH_START.match(line) and (uid := _UID.search(line)):
-            yield uid.group(1).decode(), line, bytes(literal)
-
-
-def _report_uids(lines: list[Any]) -> list[str]:
-    return [uid for uid, _, headers in _fetched(lines) if is_delivery_report(headers)]
-
-
 def _letter_or_bounce(tokens: list[str]) -> list[str]:
     """Our letter carries its token in the Subject; a bounce (DSN) of it, in its body. The header
-    test comes first so the server reads the bodies of delivery reports only."""
+    test comes first so the server reads the bodies of delivery reports only. (SUBJECT search is
+    the most widely supported.)"""
     bounce = ["HEADER", "Content-Type", aioimaplib.quoted("delivery-status"), *_any("BODY", tokens)]
     return ["OR", f"({' '.join(_any('SUBJECT', tokens))})", f"({' '.join(bounce)})"]
 
@@ -183,7 +217,7 @@ def _text(response: Any) -> str:
 
 
 async def open_session(
-    config: IncomingConfig, connected: net.Connected, clock: net.PhaseClock, signer: Signer
+    config: IncomingConfig, connected: net.Connected, clock: net.PhaseClock, signer: Signer, memo: LetterMemo
 ) -> ImapSession:
     """TLS (implicit or STARTTLS), greeting, LOGIN and SELECT; the caller has connected the socket."""
     implicit = config.security is Security.TLS
@@ -198,17 +232,18 @@ async def open_session(
         if config.security is Security.STARTTLS:
             async with clock.phase("mailbox_tls"):
                 await client.starttls(context, config.host)
-        session = ImapSession(client, config, signer, connected.address)
+        session = ImapSession(client, config, signer, connected.address, memo)
         session.certificate_not_after = net.certificate_not_after(client.ssl_object())
         async with clock.phase("mailbox_login", accumulate=True):
-            await _login(client, config)
+            memo.renew(await _login(client, config))
         return session
     except BaseException:
         await client.discard(polite=False)
         raise
 
 
-async def _login(client: _SocketIMAP4, config: IncomingConfig) -> None:
+async def _login(client: _SocketIMAP4, config: IncomingConfig) -> str | None:
+    """LOGIN and SELECT; the mailbox's UIDVALIDITY (None if the server did not say)."""
     assert config.user is not None and config.password is not None  # the config loader requires both
     protocol = client.protocol
     if "LOGINDISABLED" in protocol.capabilities:
@@ -220,6 +255,8 @@ async def _login(client: _SocketIMAP4, config: IncomingConfig) -> None:
     response = await client.run("SELECT", protocol.select(aioimaplib.quoted(config.mailbox)))
     if response.result != "OK":
         raise MailboxFailure(f"SELECT {config.mailbox!r} failed: {_text(response)}")
+    validity = (_UIDVALIDITY.search(line) for line in response.lines if isinstance(line, bytes))
+    return next((match.group(1).decode() for match in validity if match is not None), None)
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]

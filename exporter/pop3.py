@@ -1,7 +1,7 @@
 """The POP3 mailbox leg: a small asyncio POP3 client (RFC 1939, CAPA/STLS from RFC 2449/2595).
 
 No maintained asyncio POP3 client exists, so this speaks the protocol over asyncio streams itself.
-It only needs USER/PASS, UIDL, TOP n 0, DELE and QUIT. A hostile or broken server must not be able
+It only needs USER/PASS, UIDL, LIST n, TOP n 0, DELE and QUIT. A hostile or broken server must not be able
 to eat memory (lines and multi-line replies are capped), inject commands (arguments with CR, LF or
 NUL are refused before anything is sent) or make us delete letters that are not ours (we DELE only
 message numbers from this session's own UIDL listing, for letters whose token we verified).
@@ -26,15 +26,20 @@ from email.utils import parsedate_to_datetime
 from exporter import net
 from exporter.config import IncomingConfig, Security
 from exporter.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure, server_text
-from exporter.mailbox import FoundLetter, wanted
+from exporter.mailbox import EXAMINE_BATCH, FoundLetter, LetterMemo, wanted
 from exporter.message import BOUNCE_BYTES, Recognised, Signer, is_delivery_report, recognise
 from exporter.net import PhaseClock
 
 LINE_LIMIT = 64 * 1024  # one reply line; RFC 1939 allows 512 octets, real servers stay far below
 # Multi-line replies are capped in bytes and in lines: many tiny lines cost far more memory than
 # their bytes (each becomes an object), so a byte cap alone would not bound memory.
-TOP_LIMIT = 1024 * 1024  # a header block (Postfix caps headers at 100 KiB by default)
-TOP_LINES = 20_000
+# A letter bigger than this is never one of ours (a probe letter is about 1 KB, plus the servers'
+# trace headers, a bounce of it a few KB): its headers are not read at all, whatever a sender put in them.
+LETTER_SIZE_LIMIT = 64 * 1024
+# The header block of a letter within LETTER_SIZE_LIMIT fits easily (dot-stuffing, LF counted as
+# one byte by LIST); only a server whose LIST lies about sizes meets these caps.
+TOP_LIMIT = 2 * LETTER_SIZE_LIMIT
+TOP_LINES = LETTER_SIZE_LIMIT // 2
 BOUNCE_LINES = 400  # body lines read of a possible bounce: its report and the returned headers come first
 UIDL_LIMIT = 16 * 1024 * 1024  # a listing
 UIDL_LINES = 200_000  # messages in the mailbox
@@ -44,6 +49,7 @@ REPLY_TEXT_LIMIT = 200  # how much of a server's text goes into an error message
 QUIT_TIMEOUT = 2.0  # close() is best effort and must not hold the probe up
 
 _UIDL_LINE = re.compile(rb"([1-9][0-9]{0,9}) ([\x21-\x7e]{1,70})")
+_LIST_REPLY = re.compile(r"[1-9][0-9]{0,9} ([0-9]{1,12})\b.*")
 
 
 class Pop3Client:
@@ -209,13 +215,14 @@ class Pop3Client:
 class Pop3Session:
     """An authenticated POP3 session: the MailboxSession of exporter.mailbox.
 
-    ``memo`` holds UIDLs known not to be ours (no valid token); the caller shares it across the
-    sessions of one mailbox so each foreign letter's headers are read only once.
+    ``memo`` is shared by the caller across the sessions of one mailbox, so each letter's headers
+    are read only once: foreign ones for good, ours until one of them is wanted (and then only to
+    verify it in the session that deletes it).
     """
 
     snapshot = True  # sees only mail present at login: poll by opening a new session
 
-    def __init__(self, client: Pop3Client, signer: Signer, memo: set[str], address: str) -> None:
+    def __init__(self, client: Pop3Client, signer: Signer, memo: LetterMemo, address: str) -> None:
         self.client = client
         self.signer = signer
         self.memo = memo
@@ -237,17 +244,25 @@ class Pop3Session:
             # Forget letters that are gone, so the memo stays as small as the mailbox. (A letter
             # newer than this snapshot, memoised by a concurrent session, may be forgotten too:
             # that costs one more TOP later, nothing worse.)
-            self.memo.intersection_update(listing)
+            self.memo.keep_only(listing)
             found = []
-            for uidl, number in listing.items():
-                if uidl in self.memo:
-                    continue
+            for uidl, number in self._to_examine(listing, tokens, sweep_before):
                 letter = await self._examine(uidl, number, tokens, sweep_before)
                 if letter is not None:
                     # Message numbers stay valid for the whole session (POP3 never renumbers).
                     self._found[letter] = number
                     found.append(letter)
             return found
+
+    def _to_examine(
+        self, listing: dict[str, int], tokens: Collection[str], sweep_before: float | None
+    ) -> list[tuple[str, int]]:
+        """Letters not seen before (at most EXAMINE_BATCH, the newest first: the awaited letter is
+        recent), and letters of ours the memo says are wanted now (to verify them in this session)."""
+        newest_first = sorted(listing.items(), key=lambda item: item[1], reverse=True)
+        unknown = [item for item in newest_first if item[0] not in self.memo][:EXAMINE_BATCH]
+        ours = [item for item in newest_first if _wanted_ours(self.memo.ours(item[0]), tokens, sweep_before)]
+        return unknown + ours
 
     async def delete(self, letters: Collection[FoundLetter]) -> None:
         self._check_open()
@@ -324,18 +339,23 @@ class Pop3Session:
     async def _examine(
         self, uidl: str, number: int, tokens: Collection[str], sweep_before: float | None
     ) -> FoundLetter | None:
+        size = await self._size(number)
+        if size is None:
+            return None  # another client (a user's mail program, another task) deleted it since our UIDL
+        if size > LETTER_SIZE_LIMIT:
+            self.memo.remember(uidl, None)  # too big to be ours: never read its headers
+            return None
         ok, _ = await self.client.command("TOP", str(number), "0")
         if not ok:
-            # Another client (a user's mail program, another task) deleted it since our UIDL: skip it.
             return None
         lines = await self.client.data_lines("TOP", TOP_LIMIT, TOP_LINES)
         headers = b"\r\n".join(lines) + b"\r\n"
         ours = await self._bounce(number) if is_delivery_report(headers) else recognise(self.signer, headers)
-        if ours is None:
-            self.memo.add(uidl)  # foreign for good: never read it again
+        if ours is None or not wanted(ours.token, tokens, sweep_before):
+            # Foreign for good, or ours but another probe's (maybe still in flight), or too young to
+            # sweep: remember which, so that its headers need not be read again.
+            self.memo.remember(uidl, ours)
             return None
-        if not wanted(ours.token, tokens, sweep_before):
-            return None  # ours, but another probe's (maybe still in flight): look again next time
         return FoundLetter(ours.token, uidl, received_time(headers), ours.bounce)
 
     async def _bounce(self, number: int) -> Recognised | None:
@@ -343,6 +363,18 @@ class Pop3Session:
         ok, _ = await self.client.command("TOP", str(number), str(BOUNCE_LINES))
         lines = await self.client.data_lines("TOP", TOP_LIMIT + BOUNCE_BYTES, TOP_LINES + BOUNCE_LINES) if ok else []
         return recognise(self.signer, b"\r\n".join(lines) + b"\r\n") if lines else None
+
+    async def _size(self, number: int) -> int | None:
+        """The letter's size from ``LIST n`` (None: it is gone); a reply without one counts as too big."""
+        ok, text = await self.client.command("LIST", str(number))
+        if not ok:
+            return None
+        match = _LIST_REPLY.fullmatch(text)
+        return int(match.group(1)) if match is not None else LETTER_SIZE_LIMIT + 1
+
+
+def _wanted_ours(ours: Recognised | None, tokens: Collection[str], sweep_before: float | None) -> bool:
+    return ours is not None and wanted(ours.token, tokens, sweep_before)
 
 
 def received_time(headers: bytes) -> float | None:
@@ -360,7 +392,7 @@ def received_time(headers: bytes) -> float | None:
 
 
 async def open_session(
-    config: IncomingConfig, connected: net.Connected, clock: PhaseClock, signer: Signer, memo: set[str]
+    config: IncomingConfig, connected: net.Connected, clock: PhaseClock, signer: Signer, memo: LetterMemo
 ) -> Pop3Session:
     """TLS, greeting and login on a connected socket, in the phases IMAP uses: the implicit TLS
     handshake in mailbox_tls, the greeting in mailbox_login (with the hint about implicit-TLS ports

@@ -16,7 +16,7 @@ from exporter import imap, net, pop3, smtp
 from exporter.config import MAX_EMAIL_TIMEOUT, IncomingConfig, Protocol, TaskConfig
 from exporter.dns import Resolution
 from exporter.errors import ConnectFailure, DeliveryTimeout, DNSFailure, ProbeError, ProtocolFailure, Reason
-from exporter.mailbox import FoundLetter, MailboxSession, raise_if_bounced, split_bounces
+from exporter.mailbox import FoundLetter, LetterMemo, MailboxSession, SortedLetters, sort_found
 from exporter.message import Signer, Token, build_letter
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,13 @@ Resolve = Callable[[str], Awaitable[Resolution]]
 # Signed letters older than this are leftovers of earlier runs (a crash, a restart while letters
 # travelled): no probe can still be waiting for them, since the email timeout is at most an hour.
 SWEEP_AGE = 2 * MAX_EMAIL_TIMEOUT
+# A sweep reads letters that are not the probe's own, so it runs at most this often per mailbox.
+SWEEP_EVERY = 600.0
 # Every phase a probe can time, in the order a round trip goes through them.
 PHASES = (
     "smtp_dns", "smtp_connect", "smtp_tls", "smtp_greeting", "smtp_auth", "smtp_submit",
     "mailbox_dns", "mailbox_connect", "mailbox_tls", "mailbox_login", "mailbox_search", "mailbox_delete",
+    "mailbox_sweep",
 )
 
 
@@ -65,16 +68,26 @@ class ProbeResult:
 class Mailbox:
     """One task's mailbox, kept across probes.
 
-    ``memo`` remembers POP3 letters already known not to be ours; ``late`` holds the tokens of letters
-    that were accepted but not seen by their own probe (token -> acceptance time), so that a later
-    probe can recognise them when they do arrive, count them as late and clean them up.
+    ``memo`` remembers what each letter already read is (see LetterMemo); ``late`` holds the tokens
+    of letters that were accepted but not seen by their own probe (token -> acceptance time), so that
+    a later probe can recognise them when they do arrive, count them as late and clean them up.
     """
 
     config: IncomingConfig
     signer: Signer
-    memo: set[str] = field(default_factory=set)
+    memo: LetterMemo = field(default_factory=LetterMemo)
     late: dict[str, float] = field(default_factory=dict)
     on_late: Callable[[FoundLetter, float], None] = lambda letter, accepted: None
+    next_sweep: float = float("-inf")  # monotonic time: the first probe sweeps
+
+    def claim_sweep(self) -> float | None:
+        """If a sweep is due: its cutoff (letters of ours made before it are leftovers, Unix time),
+        and the next one not before SWEEP_EVERY from now. Claimed once, by one of concurrent probes."""
+        now = time.monotonic()
+        if now < self.next_sweep:
+            return None
+        self.next_sweep = now + SWEEP_EVERY
+        return time.time() - SWEEP_AGE
 
     def claim_late(self, letters: list[FoundLetter]) -> list[FoundLetter]:
         """Take late letters out of ``late`` (once: concurrent probes may find the same one)."""
@@ -94,7 +107,7 @@ class Mailbox:
         if self.config.protocol is Protocol.POP3:
             session = await pop3.open_session(self.config, connected, clock, self.signer, self.memo)
         else:
-            session = await imap.open_session(self.config, connected, clock, self.signer)
+            session = await imap.open_session(self.config, connected, clock, self.signer, self.memo)
         result.mailbox_certificate_not_after = session.certificate_not_after
         return session
 
@@ -142,17 +155,14 @@ async def _round_trip(
     mailbox: Mailbox,
     result: ProbeResult,
 ) -> None:
-    # IMAP: log in while the letter is being sent, so the first search can run the moment SMTP accepts it
-    # and login time does not count as delivery time. POP3 sees only mail present at login: open later.
-    early = None
-    if task.incoming.protocol is Protocol.IMAP:
-        early = asyncio.ensure_future(mailbox.open(clock, resolve, result))
+    # The mailbox is opened while SMTP connects, and DATA waits for it: a mailbox that cannot be
+    # opened gets no letter (nobody would take it out again).
+    early = asyncio.ensure_future(_prepare_mailbox(clock, resolve, mailbox, result))
     try:
-        receipt = await _send(device, task, token, clock, resolve, result)
-        session = await early if early is not None else None
+        receipt = await _send(device, task, token, clock, resolve, result, lambda: _opened(early))
+        session = await early
     except BaseException:
-        if early is not None:
-            await _close_early(early)
+        await _close_early(early)
         raise
     letter, seen = await wait_for_letter(task, clock, resolve, mailbox, session, token, result, receipt)
     result.delivery_seconds = max(0.0, seen - receipt.accepted_monotonic)
@@ -160,23 +170,53 @@ async def _round_trip(
         result.server_delivery_seconds = letter.server_time - receipt.accepted_wall
 
 
-async def _close_early(early: asyncio.Future[MailboxSession]) -> None:
+async def _prepare_mailbox(
+    clock: net.PhaseClock, resolve: Resolve, mailbox: Mailbox, result: ProbeResult
+) -> MailboxSession | None:
+    """IMAP: the session the probe will search in, so that the first search runs the moment the
+    letter is accepted and login time never counts as delivery time. POP3 (a session sees only the
+    mail present at login): a login check that also deals with late letters, leftovers and letters
+    not seen before, so that the polls after DATA only read new letters; then None."""
+    session = await mailbox.open(clock, resolve, result)
+    if not session.snapshot:
+        return session
+    try:
+        await tidy_up(clock, mailbox, session, result)
+    finally:
+        await session.close()
+    return None
+
+
+async def _opened(early: asyncio.Future[MailboxSession | None]) -> None:
+    """Wait for the mailbox to be open; its failure ends the SMTP session before DATA."""
+    await asyncio.wait([early])  # not ``await early``: a cancelled send must not cancel it too
+    early.result()
+
+
+async def _close_early(early: asyncio.Future[MailboxSession | None]) -> None:
     if not early.done():
         early.cancel()
     try:
         session = await early
     except (asyncio.CancelledError, Exception):
         return
-    await session.close()
+    if session is not None:
+        await session.close()
 
 
 async def _send(
-    device: str, task: TaskConfig, token: Token, clock: net.PhaseClock, resolve: Resolve, result: ProbeResult
+    device: str,
+    task: TaskConfig,
+    token: Token,
+    clock: net.PhaseClock,
+    resolve: Resolve,
+    result: ProbeResult,
+    before_data: Callable[[], Awaitable[None]],
 ) -> smtp.Receipt:
     connected = await connect_leg(clock, resolve, result, "smtp", task.smtp.host, task.smtp.port)
     result.smtp_address = connected.address
     letter = build_letter(token, task.sender, task.destination, device, task.name)
-    receipt = await smtp.send_letter(task.smtp, connected, clock, letter, task.sender, task.destination)
+    receipt = await smtp.send_letter(task.smtp, connected, clock, letter, task.sender, task.destination, before_data)
     result.smtp_reply = receipt.reply
     result.smtp_certificate_not_after = receipt.certificate_not_after
     result.accepted_wall = receipt.accepted_wall
@@ -195,29 +235,23 @@ async def wait_for_letter(
 ) -> tuple[FoundLetter, float]:
     """Search until the letter is there or the email timeout (counted from acceptance) has passed."""
     deadline = receipt.accepted_monotonic + task.email_timeout
-    sweep_before: float | None = time.time() - SWEEP_AGE  # the first search of a probe also sweeps
     try:
         while True:
             check_started = time.monotonic()
             if session is None:
                 session = await mailbox.open(clock, resolve, result)
             async with clock.phase("mailbox_search"):
-                found = await session.find([token.value, *mailbox.late], sweep_before)
+                found = await session.find([token.value, *mailbox.late])
             seen = time.monotonic()
-            found, bounces = split_bounces(found)
-            mine = [letter for letter in found if letter.token.value == token.value]
-            others = [letter for letter in found if letter not in mine]
-            late = mailbox.claim_late(others)
-            swept = [letter for letter in others if letter not in late]  # found only because they are old
-            result.swept += len(swept)
-            sweep_before = None
-            to_delete = mine + late + swept + bounces
-            if to_delete:
+            letters = sort_found(found, token.value, mailbox.late)
+            if letters.to_delete:
                 async with clock.phase("mailbox_delete"):
-                    await session.delete(to_delete)
-            if mine:
-                return mine[0], seen
-            raise_if_bounced(bounces, token, mailbox.late)
+                    await _remove(session, mailbox, letters, result)
+            if letters.mine:
+                if not session.snapshot:  # POP3 tidied up before DATA (and this session has ended)
+                    await tidy_up(clock, mailbox, session, result)
+                return letters.mine[0], seen
+            letters.raise_if_bounced(token)
             now = time.monotonic()
             if now >= deadline:
                 raise DeliveryTimeout(
@@ -244,3 +278,25 @@ async def wait_for_letter(
     finally:
         if session is not None:
             await session.close()
+
+
+async def _remove(session: MailboxSession, mailbox: Mailbox, letters: SortedLetters, result: ProbeResult) -> None:
+    mailbox.claim_late(letters.late)
+    for bounce in letters.bounces:
+        mailbox.late.pop(bounce.token.value, None)  # a late letter that bounced will not come
+    result.swept += len(letters.swept)
+    await session.delete(letters.to_delete)
+
+
+async def tidy_up(clock: net.PhaseClock, mailbox: Mailbox, session: MailboxSession, result: ProbeResult) -> None:
+    """Late letters and, when due, leftovers: in a phase of its own, never inside delivery time.
+    A POP3 session always looks (it is the login check, and reads each new letter's headers once);
+    an IMAP session only when a sweep is due (its searches look for late letters anyway)."""
+    sweep_before = mailbox.claim_sweep()
+    if sweep_before is None and not session.snapshot:
+        return
+    async with clock.phase("mailbox_sweep"):
+        found = await session.find(list(mailbox.late), sweep_before)
+        letters = sort_found(found, None, mailbox.late)
+        if letters.to_delete:
+            await _remove(session, mailbox, letters, result)

@@ -11,7 +11,7 @@ import contextlib
 import inspect
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,10 @@ async def send_letter(
     letter: bytes,
     sender: str,
     destination: str,
+    before_data: Callable[[], Awaitable[None]] | None = None,
 ) -> Receipt:
+    """``before_data`` runs between RCPT and DATA, outside any phase; if it raises, the session ends
+    with QUIT instead of DATA, so no letter is sent (the mailbox login failed: nobody would take it)."""
     client = _HandshakeTimedSMTP(
         hostname=config.host,
         sock=connected.sock,
@@ -68,7 +71,7 @@ async def send_letter(
             async with _phase(clock, "smtp_auth", "AUTH"):
                 await _authenticate(client, config.user, config.password.reveal())
         not_after = net.certificate_not_after(client.get_transport_info("ssl_object"))
-        reply = await _submit(client, clock, letter, sender, destination)
+        reply = await _submit(client, clock, letter, sender, destination, before_data)
         return Receipt(reply, time.monotonic(), time.time(), not_after)
     finally:
         await _quit(client)
@@ -118,12 +121,19 @@ async def _authenticate(client: aiosmtplib.SMTP, user: str, password: str) -> No
 
 
 async def _submit(
-    client: aiosmtplib.SMTP, clock: net.PhaseClock, letter: bytes, sender: str, destination: str
+    client: aiosmtplib.SMTP,
+    clock: net.PhaseClock,
+    letter: bytes,
+    sender: str,
+    destination: str,
+    before_data: Callable[[], Awaitable[None]] | None,
 ) -> str:
     async with _phase(clock, "smtp_submit", "MAIL FROM"):
         await client.mail(sender)
     async with _phase(clock, "smtp_submit", "RCPT TO", accumulate=True):
         await client.rcpt(destination)
+    if before_data is not None:
+        await before_data()
     async with _phase(clock, "smtp_submit", "DATA", accumulate=True):
         response = await client.data(letter)
     return server_text(f"{response.code} {response.message}")

@@ -455,7 +455,9 @@ async def test_mailbox_server_down(rig: MailRig, user: str, kind: str) -> None:
     report(f"{kind}-down", failed)
     assert failed.reason is Reason.CONNECT, failed.error
     assert failed.error is not None and failed.error.startswith("mailbox_connect: ") and "refused" in failed.error
-    assert failed.sent  # Postfix took the letter and keeps it until Dovecot's LMTP is back
+    # The mailbox could not be opened, so the SMTP session ended before DATA: no letter to pile up.
+    assert not failed.sent and failed.smtp_reply is None
+    assert rig.queue_ids() == []
     await recovers(rig, user, task, mailbox, failed)
     assert probe_letters(rig, user) == []
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from exporter import imap, net
 from exporter.config import IncomingConfig, Protocol, Secret, Security, TLSOptions
 from exporter.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
+from exporter.mailbox import LetterMemo
 from exporter.message import Signer, Token, build_letter
 from tests.hostile import HostileServer, serve
 from tests.imapfake import TAG, FakeImap
@@ -40,12 +41,13 @@ FOREIGN = b"From: someone@example.test\r\nSubject: hello\r\nMessage-ID: <1@examp
 class Running:
     fake: FakeImap
     server: HostileServer
+    memo: LetterMemo = field(default_factory=LetterMemo)  # shared by the sessions, as a task's Mailbox does
 
     async def open(self, security: Security = Security.NONE) -> imap.ImapSession:
         clock = net.PhaseClock(DEADLINE)
         connected = await self.server.connect(clock)
         return await asyncio.wait_for(imap.open_session(config(self.server.port, security), connected, clock,
-                                                        SIGNER), DEADLINE)
+                                                        SIGNER, self.memo), DEADLINE)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from exporter import imap, net, pop3, smtp, web
 from exporter.config import Config, IncomingConfig, Protocol, Secret, Security, TLSOptions
 from exporter.dns import DeviceRun
 from exporter.errors import ServerTimeout
+from exporter.mailbox import LetterMemo
 from exporter.message import Signer
 from exporter.scheduler import Scheduler, TaskRunner, spread
 from exporter.service import Exporter
@@ -131,9 +132,9 @@ async def open_mailbox(config: IncomingConfig, server: HostileServer) -> None:
     connected = await server.connect(clock)
     signer = Signer(b"measure")
     if config.protocol is Protocol.POP3:
-        await pop3.open_session(config, connected, clock, signer, set())
+        await pop3.open_session(config, connected, clock, signer, LetterMemo())
     else:
-        await imap.open_session(config, connected, clock, signer)
+        await imap.open_session(config, connected, clock, signer, LetterMemo())
 
 
 SILENT = [  # (security, the server speaks TLS first, phase, with the hint about implicit-TLS ports)

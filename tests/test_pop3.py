@@ -24,8 +24,8 @@ from exporter.errors import (
     ServerTimeout,
     TLSFailure,
 )
-from exporter.mailbox import FoundLetter
-from exporter.message import Signer, Token, build_letter
+from exporter.mailbox import FoundLetter, LetterMemo
+from exporter.message import Recognised, Signer, Token, build_letter
 from exporter.pop3 import (
     LINE_LIMIT,
     QUIT_TIMEOUT,
@@ -127,6 +127,8 @@ class FakeMailbox:
         if name == "UIDL":
             listing = "".join(f"{i} {u}\r\n" for i, u in enumerate(numbers, 1) if i not in deleted)
             return b"+OK\r\n" + listing.encode() + b".\r\n"
+        if name == "LIST":
+            return f"+OK {arg} {len(self.letters[numbers[int(arg) - 1]])}\r\n".encode()
         if name == "TOP":
             number = int(arg.split()[0])
             head = self.letters[numbers[number - 1]].split(b"\r\n\r\n", 1)[0]
@@ -150,13 +152,13 @@ async def fake() -> AsyncIterator[tuple[FakeMailbox, HostileServer]]:
 async def login(
     server: HostileServer,
     config: IncomingConfig | None = None,
-    memo: set[str] | None = None,
+    memo: LetterMemo | None = None,
     limit: float = 5.0,
 ) -> Pop3Session:
     clock = net.PhaseClock(limit=limit)
     connected = await server.connect(clock)
     config = config or incoming(server.port)
-    return await open_session(config, connected, clock, SIGNER, memo if memo is not None else set())
+    return await open_session(config, connected, clock, SIGNER, memo if memo is not None else LetterMemo())
 
 
 async def fails_to_login(handler: Callable[[Peer], Awaitable[None]], **options: object) -> ProbeError:
@@ -175,12 +177,12 @@ async def test_finds_its_letter_and_deletes_only_it(fake: tuple[FakeMailbox, Hos
     box, server = fake
     ours, other_probe = SIGNER.new_token(), SIGNER.new_token()
     box.letters.update({"a": foreign_letter(), "b": letter(ours), "c": letter(other_probe), "d": foreign_letter(".x")})
-    memo: set[str] = set()
+    memo = LetterMemo()
     session = await login(server, memo=memo)
     found = await session.find({ours.value})
     assert found == [FoundLetter(token=ours, ref="b", server_time=1764160380.0)]
-    # Foreign letters are remembered; another probe's letter is not (it may still be in flight).
-    assert memo == {"a", "d"}
+    # Foreign letters are remembered as such; another probe's letter (it may still be in flight) with its token.
+    assert memo.letters == {"a": None, "c": Recognised(other_probe), "d": None}
     await session.delete(found)
     await server.finished()
     assert set(box.letters) == {"a", "c", "d"}
@@ -190,12 +192,12 @@ async def test_finds_its_letter_and_deletes_only_it(fake: tuple[FakeMailbox, Hos
 async def test_memo_means_foreign_headers_are_read_once(fake: tuple[FakeMailbox, HostileServer]) -> None:
     box, server = fake
     box.letters.update({"a": foreign_letter(), "b": foreign_letter()})
-    memo = {"gone"}  # a letter deleted meanwhile: forgotten, so the memo cannot grow forever
+    memo = LetterMemo({"gone": None})  # a letter deleted meanwhile: forgotten, so the memo cannot grow forever
     for expected_tops in (2, 0):
         session = await login(server, memo=memo)
         assert await session.find({SIGNER.new_token().value}) == []
         assert session.commands_sent["TOP"] == expected_tops
-        assert memo == {"a", "b"}
+        assert memo.letters == {"a": None, "b": None}
         await session.close()
 
 
@@ -224,8 +226,10 @@ async def test_letter_expunged_between_uidl_and_top_is_skipped() -> None:
 
     async def handler(peer: Peer) -> None:
         await peer.send(b"+OK\r\n")
-        replies = (b"+OK\r\n", b"+OK\r\n", b"+OK\r\n1 gone\r\n2 mine\r\n.\r\n",
-                   b"-ERR Message 1 expunged.\r\n", b"+OK\r\n" + ours.split(b"\r\n\r\n")[0] + b"\r\n\r\n.\r\n")
+        # The newest letter first: LIST 2, TOP 2, then LIST 1 and TOP 1.
+        replies = (b"+OK\r\n", b"+OK\r\n", b"+OK\r\n1 gone\r\n2 mine\r\n.\r\n", b"+OK 2 900\r\n",
+                   b"+OK\r\n" + ours.split(b"\r\n\r\n")[0] + b"\r\n\r\n.\r\n", b"+OK 1 500\r\n",
+                   b"-ERR Message 1 expunged.\r\n")
         for reply in replies:
             await peer.line()
             await peer.send(reply)
@@ -506,7 +510,9 @@ def endless_reply(command: bytes, line: bytes, count: int) -> Callable[[Peer], A
     async def handler(peer: Peer) -> None:
         await peer.send(b"+OK\r\n")
         while (request := await peer.line()) and not request.startswith(command):
-            await peer.send(b"+OK\r\n1 abc\r\n.\r\n" if request == b"UIDL" else b"+OK\r\n")
+            # LIST: a lie about the size, so that the caps on TOP are what stops it
+            replies = {b"UIDL": b"+OK\r\n1 abc\r\n.\r\n", b"LIST 1": b"+OK 1 100\r\n"}
+            await peer.send(replies.get(request, b"+OK\r\n"))
         await peer.send(b"+OK\r\n")
         batch = line * 1000
         for _ in range(count // 1000 + 1):
@@ -555,7 +561,7 @@ async def test_tarpit_after_login_times_out_in_find() -> None:
 
     async with serve(handler) as server:
         clock = net.PhaseClock(limit=0.5)
-        session = await open_session(incoming(server.port), await server.connect(clock), clock, SIGNER, set())
+        session = await open_session(incoming(server.port), await server.connect(clock), clock, SIGNER, LetterMemo())
         with pytest.raises(ServerTimeout):
             async with clock.phase("mailbox_search"):
                 await session.find({"x"})
@@ -655,13 +661,13 @@ def dovecot(rig: MailRig, security: Security, **options: Any) -> IncomingConfig:
 
 
 async def dovecot_session(
-    rig: MailRig, security: Security = Security.STARTTLS, memo: set[str] | None = None, **options: Any
+    rig: MailRig, security: Security = Security.STARTTLS, memo: LetterMemo | None = None, **options: Any
 ) -> Pop3Session:
     config = dovecot(rig, security, **options)
     clock = net.PhaseClock(limit=10)
     async with clock.phase("mailbox_connect", on_timeout=ConnectFailure):
         connected = await net.connect_any(["127.0.0.1"], config.port)
-    return await open_session(config, connected, clock, SIGNER, memo if memo is not None else set())
+    return await open_session(config, connected, clock, SIGNER, memo if memo is not None else LetterMemo())
 
 
 def stored(rig: MailRig) -> list[bytes]:
@@ -728,19 +734,21 @@ async def test_dovecot_finds_and_deletes_only_its_letter(mailbox: MailRig) -> No
     mailbox.deliver_raw(USER, others[2])
     mailbox.deliver_raw(USER, others[3])
 
-    memo: set[str] = set()
+    memo = LetterMemo()
     session = await dovecot_session(mailbox, memo=memo)
     found = await session.find({ours.value})
     assert [letter.token for letter in found] == [ours]
     assert found[0].server_time == 1764160380.0  # the topmost Received header's date
-    assert len(memo) == 3  # the foreign and forged ones; not the in-flight probe's letter
+    # The foreign and forged ones as foreign; the in-flight probe's letter as ours, with its token.
+    assert sorted(memo.letters.values(), key=str) == [None, None, None, Recognised(in_flight)]
     assert found[0].ref not in memo
     await session.delete(found)
     assert sorted(others) == stored(mailbox)  # the others byte for byte
 
     again = await dovecot_session(mailbox, memo=memo)
     assert [letter.token for letter in await again.find({ours.value, in_flight.value})] == [in_flight]
-    assert again.commands_sent["TOP"] == 1  # memo: the foreign letters' headers were not read again
+    # memo: the foreign letters' headers were not read again; the in-flight one is read to verify it here
+    assert again.commands_sent["TOP"] == 1
     await again.close()
     assert sorted(others) == stored(mailbox)
 
