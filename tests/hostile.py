@@ -146,12 +146,20 @@ def drip(data: bytes, every: float = 1.0) -> Handler:
     return handler
 
 
-def proxy(host: str, port: int) -> Handler:
+@dataclass
+class Traffic:
+    """Bytes a proxy passed from the server to the client, over all its connections."""
+
+    to_client: int = 0
+
+
+def proxy(host: str, port: int, traffic: Traffic | None = None) -> Handler:
     """Pass the connection through to ``host:port`` byte for byte, both ways, until either side hangs up."""
 
     async def handler(peer: Peer) -> None:
         reader, writer = await asyncio.open_connection(host, port)
-        pumps = {asyncio.ensure_future(_pump(peer.reader, writer)), asyncio.ensure_future(_pump(reader, peer.writer))}
+        pumps = {asyncio.ensure_future(_pump(peer.reader, writer)),
+                 asyncio.ensure_future(_pump(reader, peer.writer, traffic))}
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -163,9 +171,11 @@ def proxy(host: str, port: int) -> Handler:
     return handler
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, traffic: Traffic | None = None) -> None:
     with contextlib.suppress(*_HANGUPS):
         while data := await reader.read(65536):
+            if traffic is not None:
+                traffic.to_client += len(data)
             writer.write(data)
             await writer.drain()
 
