@@ -17,7 +17,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +217,7 @@ def _symlink_to_zero(directory: Path) -> Path:
     return path
 
 
-SPECIAL_FILES = {
+SPECIAL_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "/dev/zero": (lambda _: Path("/dev/zero"), "is a character device, not a regular file"),
     "symlink to /dev/zero": (_symlink_to_zero, "is a character device, not a regular file"),
     "FIFO": (_fifo, "is a FIFO, not a regular file"),

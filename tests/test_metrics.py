@@ -32,7 +32,7 @@ def samples(families: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 def test_text_and_openmetrics_agree() -> None:
     both = stats()
     text = samples(parse_text(render_tasks(both, openmetrics=False)))
-    openmetrics = samples(parse_openmetrics(render_tasks(both, openmetrics=True) + "# EOF\n"))
+    openmetrics = samples(parse_openmetrics(render_tasks(both, openmetrics=True) + "# EOF\n"))  # type: ignore[no-untyped-call]
     assert text == openmetrics
     odd = 'odd "task"\\name'
     assert text[key("probe_success", task=odd)] == 1.0
