@@ -40,12 +40,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config.file", dest="config_file", default="config.yml", help="YAML config (default: %(default)s)")
     p.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config and exit 0/1")
     p.add_argument("--once", action="store_true", help="run every task once, print a per-phase report, exit")
-    p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
-                   help="address to serve metrics on (default: %(default)s, all interfaces)")
-    p.add_argument("--web.config.file", dest="web_config_file", default=None,
-                   help="TLS and basic auth, in exporter-toolkit's format (default: plain HTTP, no auth)")
-    p.add_argument("--signing.key-file", dest="key_file", type=Path, default=keys.default_key_path(),
-                   help="key that signs probe letters, created on first start (default: %(default)s)")
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
+        help="address to serve metrics on (default: %(default)s, all interfaces)",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="TLS and basic auth, in exporter-toolkit's format (default: plain HTTP, no auth)",
+    )
+    p.add_argument(
+        "--signing.key-file",
+        dest="key_file",
+        type=Path,
+        default=keys.default_key_path(),
+        help="key that signs probe letters, created on first start (default: %(default)s)",
+    )
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -99,8 +112,14 @@ async def serve(exporter: Exporter, host: str | None, port: int, web_config: Web
         return EXIT_USAGE
     exporter.install_signal_handlers()
     await exporter.start()
-    log.info("listening", extra={"address": f"{host or '*'}:{port}", "tls": ssl_context is not None,
-                                 "basic_auth": bool(web_config and web_config.users)})
+    log.info(
+        "listening",
+        extra={
+            "address": f"{host or '*'}:{port}",
+            "tls": ssl_context is not None,
+            "basic_auth": bool(web_config and web_config.users),
+        },
+    )
     if web_config and web_config.users and ssl_context is None:
         log.warning("basic auth without TLS: passwords cross the network in clear text")
     await exporter.stopping.wait()

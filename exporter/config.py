@@ -623,8 +623,9 @@ def _task(node: Node, base_dir: Path) -> TaskConfig:
         sender=node.get("sender", _address, default_sender),
         smtp=smtp,
         incoming=incoming,
-        completion_timeout=node.get("completion_timeout", _duration("s", COMPLETION_TIMEOUT_BOUNDS),
-                                    DEFAULT_COMPLETION_TIMEOUT),
+        completion_timeout=node.get(
+            "completion_timeout", _duration("s", COMPLETION_TIMEOUT_BOUNDS), DEFAULT_COMPLETION_TIMEOUT
+        ),
         email_timeout=node.get("email_timeout", _duration("m", EMAIL_TIMEOUT_BOUNDS), DEFAULT_EMAIL_TIMEOUT),
         max_in_flight=node.get("max_in_flight", _in_flight, DEFAULT_MAX_IN_FLIGHT),
         dns_mode=node.get("dns_mode", _enum(DNSMode), None),
@@ -732,8 +733,7 @@ def check_yaml_shape(root: yaml.Node) -> None:
             open_nodes.discard(id(node))
             sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
             if sizes[id(node)] > MAX_YAML_NODES:
-                raise _YAMLShapeError(f"more than {MAX_YAML_NODES} values once aliases are expanded",
-                                      node.start_mark)
+                raise _YAMLShapeError(f"more than {MAX_YAML_NODES} values once aliases are expanded", node.start_mark)
             continue
         if depth > MAX_YAML_DEPTH:
             raise _YAMLShapeError(f"nested deeper than {MAX_YAML_DEPTH} levels", node.start_mark)

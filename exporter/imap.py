@@ -395,8 +395,9 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         """Close the session; LOGOUT only when the connection is healthy (after a timeout it is not)."""
         transport = self.protocol.transport
         # LOGOUT inside IDLE would wait for a DONE that never comes: skip the courtesy then.
-        healthy = (transport is not None and not self._closed.done() and not self.has_pending_idle()
-                   and not self.interrupted)
+        healthy = (
+            transport is not None and not self._closed.done() and not self.has_pending_idle() and not self.interrupted
+        )
         if polite and healthy:
             try:
                 async with asyncio.timeout(2):
@@ -410,4 +411,3 @@ class _SocketIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]
         else:
             self._client_task.cancel()
             self._sock.close()
-

@@ -47,8 +47,9 @@ def _refuse_shared(path: Path) -> None:
     except OSError as exc:
         raise SigningKeyError(f"{path}: cannot read the signing key: {exc.strerror}") from None
     if mode & 0o077:
-        raise SigningKeyError(f"{path}: the signing key is open to group or others (mode {mode:04o}); "
-                              f"make it private with chmod 600")
+        raise SigningKeyError(
+            f"{path}: the signing key is open to group or others (mode {mode:04o}); make it private with chmod 600"
+        )
 
 
 def _create(path: Path) -> bytes:

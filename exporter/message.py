@@ -32,8 +32,15 @@ _MESSAGE_ID_DOMAIN = "mail-roundtrip-exporter.invalid"
 # Headers that mark a letter as made from another one (a reply, a forward, a resend) rather than as
 # the letter itself. Resent-* is added by "redirect"/"bounce" in mail programs (RFC 5322 3.6.6).
 _DERIVED = (
-    "In-Reply-To", "References", "Resent-Date", "Resent-From", "Resent-Sender", "Resent-To", "Resent-Cc",
-    "Resent-Bcc", "Resent-Message-ID",
+    "In-Reply-To",
+    "References",
+    "Resent-Date",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Bcc",
+    "Resent-Message-ID",
 )
 # The probe letter is text/plain; a gateway that appends a disclaimer may wrap it in these. Anything
 # else (multipart/report, multipart/digest, message/*, ...) is a letter about or around ours.

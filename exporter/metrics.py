@@ -74,8 +74,15 @@ class TaskStats:
     def chunks(self) -> tuple[str, ...]:
         """This task's exposition, rendered again only when something changed: most tasks finish a
         probe once per interval, while Prometheus scrapes every few seconds."""
-        state = (self.probes, self.in_flight, self.skipped, self.late_arrivals, self.swept, self.interval,
-                 self.email_timeout)
+        state = (
+            self.probes,
+            self.in_flight,
+            self.skipped,
+            self.late_arrivals,
+            self.swept,
+            self.interval,
+            self.email_timeout,
+        )
         if self._rendered is None or self._rendered[0] != state:
             self._rendered = (state, task_chunks(self))
         return self._rendered[1]
@@ -149,38 +156,56 @@ def task_labels(device: str, task: str) -> str:
 _BUCKET_LABELS = (*(f'le="{float(bound)!r}"' for bound in DELIVERY_BUCKETS), 'le="+Inf"')
 _REASON_LABELS = tuple((reason, f'reason="{reason.value}"') for reason in Reason)
 _PHASE_LABELS = tuple((phase, f'phase="{phase}"') for phase in PHASES)
-_DNS_LABELS = tuple(((leg, hit), f'leg="{leg}",cache="{"hit" if hit else "miss"}"')
-                    for leg in LEGS for hit in (True, False))
+_DNS_LABELS = tuple(
+    ((leg, hit), f'leg="{leg}",cache="{"hit" if hit else "miss"}"') for leg in LEGS for hit in (True, False)
+)
 
 
 def _families() -> dict[str, _Family]:
     def family(name: str, kind: str, doc: str) -> _Family:
         return _Family(f"{PREFIX}_{name}", kind, doc)
 
-    return {f.name.removeprefix(PREFIX + "_"): f for f in (
-        family("probe_success", "gauge", "1 if the last finished round trip of the task succeeded, else 0."),
-        family("probes", "counter", "Finished round-trip probes."),
-        family("probe_failures", "counter", "Failed round-trip probes by failure reason."),
-        family("probe_failure_reason", "gauge", "Present (1) with the failure reason of the last probe if it failed."),
-        family("probe_failure_phase", "gauge",
-               "Present (1) with the phase the last probe failed in (smtp_* or mailbox_*) if it failed."),
-        family("task_interval_seconds", "gauge", "Configured probe interval of the task (its device's interval)."),
-        family("task_email_timeout_seconds", "gauge", "Configured email timeout of the task."),
-        family("delivery_seconds", "histogram",
-               "Time from the SMTP server accepting the letter to the exporter seeing it in the mailbox."),
-        family("last_server_delivery_seconds", "gauge",
-               "Last probe: SMTP acceptance to the mailbox server's own arrival time (INTERNALDATE or Received)."),
-        family("phase_duration_seconds", "gauge", "Duration of each phase of the last probe."),
-        family("late_arrivals", "counter", "Letters found after their probe had already failed (email timeout)."),
-        family("letters_swept", "counter", "Signed leftover letters of earlier runs (older than 2 h) deleted."),
-        family("probes_skipped", "counter", "Probes not started because max_in_flight letters were travelling."),
-        family("probes_in_flight", "gauge", "Probes of the task currently running (letters travelling)."),
-        family("last_success_timestamp_seconds", "gauge", "Unix time of the last successful round trip."),
-        family("last_probe_timestamp_seconds", "gauge", "Unix time the last probe finished."),
-        family("dns_lookups", "counter", "Host name lookups by leg and whether the answer came from a cache."),
-        family("tls_certificate_not_after_timestamp_seconds", "gauge",
-               "Not-after time of the server certificate, per leg (smtp, mailbox), also over STARTTLS."),
-    )}
+    return {
+        f.name.removeprefix(PREFIX + "_"): f
+        for f in (
+            family("probe_success", "gauge", "1 if the last finished round trip of the task succeeded, else 0."),
+            family("probes", "counter", "Finished round-trip probes."),
+            family("probe_failures", "counter", "Failed round-trip probes by failure reason."),
+            family(
+                "probe_failure_reason", "gauge", "Present (1) with the failure reason of the last probe if it failed."
+            ),
+            family(
+                "probe_failure_phase",
+                "gauge",
+                "Present (1) with the phase the last probe failed in (smtp_* or mailbox_*) if it failed.",
+            ),
+            family("task_interval_seconds", "gauge", "Configured probe interval of the task (its device's interval)."),
+            family("task_email_timeout_seconds", "gauge", "Configured email timeout of the task."),
+            family(
+                "delivery_seconds",
+                "histogram",
+                "Time from the SMTP server accepting the letter to the exporter seeing it in the mailbox.",
+            ),
+            family(
+                "last_server_delivery_seconds",
+                "gauge",
+                "Last probe: SMTP acceptance to the mailbox server's own arrival time (INTERNALDATE or Received).",
+            ),
+            family("phase_duration_seconds", "gauge", "Duration of each phase of the last probe."),
+            family("late_arrivals", "counter", "Letters found after their probe had already failed (email timeout)."),
+            family("letters_swept", "counter", "Signed leftover letters of earlier runs (older than 2 h) deleted."),
+            family("probes_skipped", "counter", "Probes not started because max_in_flight letters were travelling."),
+            family("probes_in_flight", "gauge", "Probes of the task currently running (letters travelling)."),
+            family("last_success_timestamp_seconds", "gauge", "Unix time of the last successful round trip."),
+            family("last_probe_timestamp_seconds", "gauge", "Unix time the last probe finished."),
+            family("dns_lookups", "counter", "Host name lookups by leg and whether the answer came from a cache."),
+            family(
+                "tls_certificate_not_after_timestamp_seconds",
+                "gauge",
+                "Not-after time of the server certificate, per leg (smtp, mailbox), also over STARTTLS.",
+            ),
+        )
+    }
 
 
 def _add_task(f: dict[str, list[str]], s: TaskStats) -> None:
@@ -210,7 +235,8 @@ def _add_task(f: dict[str, list[str]], s: TaskStats) -> None:
     for leg in LEGS:
         if leg in s.certificate_not_after:
             f["tls_certificate_not_after_timestamp_seconds"].append(
-                f'{{{key},leg="{leg}"}} {n(s.certificate_not_after[leg])}')
+                f'{{{key},leg="{leg}"}} {n(s.certificate_not_after[leg])}'
+            )
 
 
 def _add_last_probe(f: dict[str, list[str]], key: str, last: ProbeResult) -> None:
@@ -252,11 +278,18 @@ def render_tasks(stats: Iterable[TaskStats], openmetrics: bool) -> str:
 
 
 def _self_metrics(reload: ReloadStatus) -> Iterator[Metric]:
-    info = GaugeMetricFamily(f"{PREFIX}_exporter_build_info", "Exporter version and Python version; always 1.",
-                             labels=["version", "python"])
+    info = GaugeMetricFamily(
+        f"{PREFIX}_exporter_build_info", "Exporter version and Python version; always 1.", labels=["version", "python"]
+    )
     info.add_metric([__version__, platform.python_version()], 1.0)
     yield info
-    yield GaugeMetricFamily(f"{PREFIX}_exporter_config_last_reload_successful",
-                            "1 if the last configuration (re)load succeeded.", value=1.0 if reload.successful else 0.0)
-    yield GaugeMetricFamily(f"{PREFIX}_exporter_config_last_reload_success_timestamp_seconds",
-                            "Unix time of the last successful configuration (re)load.", value=reload.last_success)
+    yield GaugeMetricFamily(
+        f"{PREFIX}_exporter_config_last_reload_successful",
+        "1 if the last configuration (re)load succeeded.",
+        value=1.0 if reload.successful else 0.0,
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_exporter_config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful configuration (re)load.",
+        value=reload.last_success,
+    )

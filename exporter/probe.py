@@ -29,8 +29,18 @@ SWEEP_AGE = 2 * MAX_EMAIL_TIMEOUT
 SWEEP_EVERY = 600.0
 # Every phase a probe can time, in the order a round trip goes through them.
 PHASES = (
-    "smtp_dns", "smtp_connect", "smtp_tls", "smtp_greeting", "smtp_auth", "smtp_submit",
-    "mailbox_dns", "mailbox_connect", "mailbox_tls", "mailbox_login", "mailbox_search", "mailbox_delete",
+    "smtp_dns",
+    "smtp_connect",
+    "smtp_tls",
+    "smtp_greeting",
+    "smtp_auth",
+    "smtp_submit",
+    "mailbox_dns",
+    "mailbox_connect",
+    "mailbox_tls",
+    "mailbox_login",
+    "mailbox_search",
+    "mailbox_delete",
     "mailbox_sweep",
 )
 

@@ -60,8 +60,10 @@ class TaskRunner:
     def launch(self, run: DeviceRun) -> None:
         if len(self.probes) >= self.task.max_in_flight:
             self.stats.skipped += 1
-            log.warning("probe skipped: max_in_flight letters still travelling",
-                        extra={"device": self.device, "task": self.task.name, "in_flight": len(self.probes)})
+            log.warning(
+                "probe skipped: max_in_flight letters still travelling",
+                extra={"device": self.device, "task": self.task.name, "in_flight": len(self.probes)},
+            )
             return
         probe = asyncio.create_task(self._probe(run), name=f"probe {self.device}/{self.task.name}")
         self.probes.add(probe)
@@ -79,8 +81,10 @@ class TaskRunner:
 
     def _late_arrival(self, letter: FoundLetter, accepted: float) -> None:
         self.stats.late_arrivals += 1
-        log.info("late letter arrived", extra={"device": self.device, "task": self.task.name,
-                                               "delivery_seconds": round(time.time() - accepted, 3)})
+        log.info(
+            "late letter arrived",
+            extra={"device": self.device, "task": self.task.name, "delivery_seconds": round(time.time() - accepted, 3)},
+        )
 
     def _forget_old_late_letters(self) -> None:
         late = self.mailbox.late
@@ -119,8 +123,12 @@ class Scheduler:
     task's slot (and so the rest of a device run that is under way), and only new or re-timed tasks
     get new slots. ``clock`` and ``sleep`` are the monotonic clock and its sleep."""
 
-    def __init__(self, signer: Signer, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        signer: Signer,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.signer = signer
         self.runners: dict[TaskKey, TaskRunner] = {}
         self._loops: list[asyncio.Task[None]] = []

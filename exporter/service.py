@@ -86,6 +86,5 @@ class Exporter:
             async with asyncio.timeout(SHUTDOWN_SECONDS):
                 await self.scheduler.stop()
         except TimeoutError:
-            log.warning("probes did not finish closing in time; exiting anyway",
-                        extra={"seconds": SHUTDOWN_SECONDS})
+            log.warning("probes did not finish closing in time; exiting anyway", extra={"seconds": SHUTDOWN_SECONDS})
         log.info("exporter stopped")

@@ -220,8 +220,10 @@ def check_aiosmtplib() -> None:
     """
     hook = getattr(aiosmtplib.SMTP, "_create_connection", None)
     if not inspect.iscoroutinefunction(hook) or list(inspect.signature(hook).parameters) != ["self", "timeout"]:
-        raise ImportError(f"aiosmtplib {aiosmtplib.__version__} has no SMTP._create_connection(self, timeout): "
-                          "install the version pinned in pyproject.toml")
+        raise ImportError(
+            f"aiosmtplib {aiosmtplib.__version__} has no SMTP._create_connection(self, timeout): "
+            "install the version pinned in pyproject.toml"
+        )
 
 
 class _HandshakeTimedSMTP(aiosmtplib.SMTP):

@@ -163,8 +163,9 @@ def _client_auth(node: Node, context: ssl.SSLContext, base_dir: Path) -> None:
         raise node.error(_CLIENT_AUTH_UNSUPPORTED[name], "client_auth_type")
     ca_file = node.get("client_ca_file", existing_file(base_dir), None)
     if ca_file is not None and name == "NoClientCert":
-        raise node.error("is given but client_auth_type is NoClientCert (no certificate is asked for)",
-                         "client_ca_file")
+        raise node.error(
+            "is given but client_auth_type is NoClientCert (no certificate is asked for)", "client_ca_file"
+        )
     mode = _CLIENT_AUTH[name]
     if mode is not ssl.CERT_NONE and ca_file is None:
         raise node.error(f"is required with client_auth_type {name}", "client_ca_file")

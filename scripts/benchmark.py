@@ -222,14 +222,31 @@ class Stream:
 def task_dict(rig: MailRig, user: str, name: str, poll_interval: str | None = None) -> dict[str, Any]:
     """Submission with STARTTLS + AUTH, IMAPS: the usual production shape."""
     addr, password, ca = rig.address(user), rig.password(user), str(rig.ca_file)
-    incoming = {"protocol": "imap", "host": f"localhost:{rig.ports.imaps}", "security": "tls", "user": addr,
-                "password": password, "ca_file": ca}
+    incoming = {
+        "protocol": "imap",
+        "host": f"localhost:{rig.ports.imaps}",
+        "security": "tls",
+        "user": addr,
+        "password": password,
+        "ca_file": ca,
+    }
     if poll_interval is not None:
         incoming["poll_interval"] = poll_interval
-    smtp = {"host": f"localhost:{rig.ports.submission}", "security": "starttls", "user": addr,
-            "password": password, "ca_file": ca}
-    return {"name": name, "destination": addr, "completion_timeout": "30s", "email_timeout": f"{MAX_WAIT:g}s",
-            "smtp": smtp, "incoming": incoming}
+    smtp = {
+        "host": f"localhost:{rig.ports.submission}",
+        "security": "starttls",
+        "user": addr,
+        "password": password,
+        "ca_file": ca,
+    }
+    return {
+        "name": name,
+        "destination": addr,
+        "completion_timeout": "30s",
+        "email_timeout": f"{MAX_WAIT:g}s",
+        "smtp": smtp,
+        "incoming": incoming,
+    }
 
 
 def ours_stream(rig: MailRig, name: str, idle: bool, letters: int, watcher: MaildirWatcher) -> Stream:
@@ -410,9 +427,14 @@ class Counts:
     delivery_count: float = 0.0
 
     def minus(self, other: Counts) -> Counts:
-        return Counts(self.probes - other.probes, self.failures - other.failures, self.skipped - other.skipped,
-                      self.late - other.late, self.delivery_sum - other.delivery_sum,
-                      self.delivery_count - other.delivery_count)
+        return Counts(
+            self.probes - other.probes,
+            self.failures - other.failures,
+            self.skipped - other.skipped,
+            self.late - other.late,
+            self.delivery_sum - other.delivery_sum,
+            self.delivery_count - other.delivery_count,
+        )
 
 
 @dataclass
@@ -498,11 +520,26 @@ def start_exporter(
     config.write_text(yaml.safe_dump({"devices": [{"name": DEVICE, "interval": f"{interval:g}s", "tasks": tasks}]}))
     config.chmod(0o600)
     port = free_port()
-    command = [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
-               f"127.0.0.1:{port}", "--signing.key-file", str(workdir / "signing.key")]
+    command = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config.file",
+        str(config),
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+        "--signing.key-file",
+        str(workdir / "signing.key"),
+    ]
     with (workdir / f"exporter-{len(users)}.log").open("ab") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
     return proc, port
 
 
@@ -521,8 +558,9 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int) -> http.client.HTTPConn
     raise RuntimeError("exporter did not become ready within 30 s")
 
 
-def run_scale(rig: MailRig, users: Sequence[str], interval: float, intervals: int, scrapes: int,
-              workdir: Path, profile: float) -> Scale:
+def run_scale(
+    rig: MailRig, users: Sequence[str], interval: float, intervals: int, scrapes: int, workdir: Path, profile: float
+) -> Scale:
     for user in users:
         rig.clear_mailbox(user)
     result = Scale(len(users), interval)
@@ -580,8 +618,19 @@ def py_spy(pid: int, seconds: float, workdir: Path) -> list[str]:
     if shutil.which("py-spy") is None:
         return ["py-spy not installed (pip install py-spy)"]
     out = workdir / "profile.txt"
-    command = ["py-spy", "record", "--nonblocking", "--format", "raw", "--duration", f"{seconds:g}",
-               "--pid", str(pid), "--output", str(out)]
+    command = [
+        "py-spy",
+        "record",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--duration",
+        f"{seconds:g}",
+        "--pid",
+        str(pid),
+        "--output",
+        str(out),
+    ]
     subprocess.run(command, capture_output=True, check=False)
     if not out.exists():
         return ["py-spy produced no profile"]
@@ -685,8 +734,9 @@ def _load_window(proc: subprocess.Popen[bytes], log: Path, label: str, seconds: 
     return window
 
 
-def run_scrape_load(rig: MailRig, users: Sequence[str], interval: float, seconds: float, workdir: Path,
-                    tree: Path, label: str) -> list[LoadWindow]:
+def run_scrape_load(
+    rig: MailRig, users: Sequence[str], interval: float, seconds: float, workdir: Path, tree: Path, label: str
+) -> list[LoadWindow]:
     for user in users:
         rig.clear_mailbox(user)
     tasks = [task_dict(rig, user, f"t{i:04d}") for i, user in enumerate(users)]
@@ -694,11 +744,28 @@ def run_scrape_load(rig: MailRig, users: Sequence[str], interval: float, seconds
     config.write_text(yaml.safe_dump({"devices": [{"name": DEVICE, "interval": f"{interval:g}s", "tasks": tasks}]}))
     config.chmod(0o600)
     port, log = free_port(), workdir / f"load-{label}.log"
-    command = [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
-               f"127.0.0.1:{port}", "--signing.key-file", str(workdir / "signing.key"), "--log.format", "json"]
+    command = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config.file",
+        str(config),
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+        "--signing.key-file",
+        str(workdir / "signing.key"),
+        "--log.format",
+        "json",
+    ]
     with log.open("ab") as out:
-        proc = subprocess.Popen(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        proc = subprocess.Popen(
+            command,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
     try:
         wait_ready(proc, port).close()
         time.sleep(spread(DEVICE) * interval + interval)  # warm-up: every task has started once
@@ -711,13 +778,18 @@ def run_scrape_load(rig: MailRig, users: Sequence[str], interval: float, seconds
 
 
 def load_table(windows: Sequence[LoadWindow]) -> list[str]:
-    rows = ["| run | probes ok (failed) | delivery p50 / p95 (ms) | probe duration p50 / p95 (ms) "
-            "| scrapes ok (errors) | RSS at the end (MB) |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| run | probes ok (failed) | delivery p50 / p95 (ms) | probe duration p50 / p95 (ms) "
+        "| scrapes ok (errors) | RSS at the end (MB) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for w in windows:
         delivery = f"{ms(pct(w.delivery, 50))} / {ms(pct(w.delivery, 95))}"
         duration = f"{ms(pct(w.duration, 50))} / {ms(pct(w.duration, 95))}"
-        rows.append(f"| {w.label} | {len(w.delivery)} ({w.failed}) | {delivery} | {duration} "
-                    f"| {w.scrapes} ({w.scrape_errors}) | {w.rss_mb:.0f} |")
+        rows.append(
+            f"| {w.label} | {len(w.delivery)} ({w.failed}) | {delivery} | {duration} "
+            f"| {w.scrapes} ({w.scrape_errors}) | {w.rss_mb:.0f} |"
+        )
     return rows
 
 
@@ -732,8 +804,10 @@ def scrape_load_main(args: argparse.Namespace) -> int:
             windows += run_scrape_load(rig, users, args.load_interval, args.load_seconds, workdir, tree, label)
     shutil.rmtree(workdir, ignore_errors=True)
     held = "delivered at once" if args.direct else "held and released at random moments"
-    print(f"\n## Scrape load ({args.load_tasks} tasks at {args.load_interval:g}s, windows of "
-          f"{args.load_seconds:g}s, {SCRAPERS} concurrent /metrics clients; mail {held})\n")
+    print(
+        f"\n## Scrape load ({args.load_tasks} tasks at {args.load_interval:g}s, windows of "
+        f"{args.load_seconds:g}s, {SCRAPERS} concurrent /metrics clients; mail {held})\n"
+    )
     print("\n".join(machine()))
     print("\n".join(load_table(windows)))
     return 0
@@ -755,9 +829,11 @@ def ms(value: float) -> str:
 
 
 def lag_table(streams: Sequence[Stream]) -> list[str]:
-    rows = ["| mode | letters ok/failed | accepted -> stored p50 (ms) | lag p50 / p95 / p99 / max (ms) "
-            "| IDLE push - stored p50 / p99 (ms) | lag - push p50 / p99 (ms) | client CPU ms/probe | logins/probe |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| mode | letters ok/failed | accepted -> stored p50 (ms) | lag p50 / p95 / p99 / max (ms) "
+        "| IDLE push - stored p50 / p99 (ms) | lag - push p50 / p99 (ms) | client CPU ms/probe | logins/probe |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in streams:
         lags, pushes, over = s.lags(), [x.push for x in s.samples if x.push is not None], s.overheads()
         ok = sum(x.ok for x in s.samples)
@@ -765,26 +841,35 @@ def lag_table(streams: Sequence[Stream]) -> list[str]:
         overhead = f"{ms(pct(over, 50))} / {ms(pct(over, 99))}" if over else "-"
         delivery = ms(pct([x.delivery for x in s.samples if x.delivery is not None], 50))
         lag = " / ".join(ms(v) for v in (pct(lags, 50), pct(lags, 95), pct(lags, 99), max(lags, default=math.nan)))
-        rows.append(f"| {s.name} | {ok}/{len(s.samples) - ok} | {delivery} | {lag} | {push} | {overhead} | "
-                    f"{1000 * s.cpu / max(1, len(s.samples)):.1f} | {s.logins / max(1, len(s.samples)):.2f} |")
+        rows.append(
+            f"| {s.name} | {ok}/{len(s.samples) - ok} | {delivery} | {lag} | {push} | {overhead} | "
+            f"{1000 * s.cpu / max(1, len(s.samples)):.1f} | {s.logins / max(1, len(s.samples)):.2f} |"
+        )
     return rows
 
 
 def scale_table(results: Sequence[Scale]) -> list[str]:
-    rows = ["| tasks | interval | window | probes (failed, skipped, late) | exporter CPU (% of a core) "
-            "| CPU ms/probe (of it sys) | peak RSS MB before / after timed scrapes | logins/probe | mean delivery s "
-            "| /metrics p50 / p95 ms | /metrics body KB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| tasks | interval | window | probes (failed, skipped, late) | exporter CPU (% of a core) "
+        "| CPU ms/probe (of it sys) | peak RSS MB before / after timed scrapes | logins/probe | mean delivery s "
+        "| /metrics p50 / p95 ms | /metrics body KB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         c = r.counts
         probes = max(1.0, c.probes)
         cells = [
-            str(r.tasks), f"{r.interval:g}s", f"{r.window:.0f}s",
+            str(r.tasks),
+            f"{r.interval:g}s",
+            f"{r.window:.0f}s",
             f"{c.probes:.0f} ({sum(c.failures.values())}, {c.skipped:.0f}, {c.late:.0f})",
-            f"{100 * r.cpu / r.window:.1f}", f"{1000 * r.cpu / probes:.1f} ({1000 * r.cpu_sys / probes:.1f})",
-            f"{r.rss_before_scrapes_kb / 1024:.0f} / {r.rss_peak_kb / 1024:.0f}", f"{r.logins / probes:.2f}",
+            f"{100 * r.cpu / r.window:.1f}",
+            f"{1000 * r.cpu / probes:.1f} ({1000 * r.cpu_sys / probes:.1f})",
+            f"{r.rss_before_scrapes_kb / 1024:.0f} / {r.rss_peak_kb / 1024:.0f}",
+            f"{r.logins / probes:.2f}",
             f"{c.delivery_sum / c.delivery_count:.2f}" if c.delivery_count else "-",
-            f"{pct(r.scrape_ms, 50):.0f} / {pct(r.scrape_ms, 95):.0f}", f"{r.body_bytes / 1024:.0f}",
+            f"{pct(r.scrape_ms, 50):.0f} / {pct(r.scrape_ms, 95):.0f}",
+            f"{r.body_bytes / 1024:.0f}",
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
@@ -815,9 +900,11 @@ def goals(streams: Sequence[Stream], results: Sequence[Scale], poll: float) -> l
     for r in results:
         if r.tasks >= 1000:
             share, rss = 100 * r.cpu / r.window, r.rss_peak_kb / 1024
-            out.append(f"{r.tasks} tasks at {r.interval:g}s: CPU < 5 % of a core: {share:.1f} % -> "
-                       f"{_verdict(share < 5)}; RSS < 150 MB: {rss:.0f} MB -> {_verdict(rss < 150)}; "
-                       f"/metrics < 50 ms: p95 {pct(r.scrape_ms, 95):.0f} ms -> {_verdict(pct(r.scrape_ms, 95) < 50)}")
+            out.append(
+                f"{r.tasks} tasks at {r.interval:g}s: CPU < 5 % of a core: {share:.1f} % -> "
+                f"{_verdict(share < 5)}; RSS < 150 MB: {rss:.0f} MB -> {_verdict(rss < 150)}; "
+                f"/metrics < 50 ms: p95 {pct(r.scrape_ms, 95):.0f} ms -> {_verdict(pct(r.scrape_ms, 95) < 50)}"
+            )
     return out
 
 
@@ -829,8 +916,10 @@ def machine() -> list[str]:
     postfix = _command(["postconf", "-d", "-h", "mail_version"])
     dovecot = _command(["dovecot", "--version"])
     others = sum("pytest" in _cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit())
-    return [f"nproc {os.cpu_count()}, Python {sys.version.split()[0]}, Postfix {postfix}, Dovecot {dovecot}",
-            f"load average {Path('/proc/loadavg').read_text().split()[:3]}, other pytest processes running: {others}"]
+    return [
+        f"nproc {os.cpu_count()}, Python {sys.version.split()[0]}, Postfix {postfix}, Dovecot {dovecot}",
+        f"load average {Path('/proc/loadavg').read_text().split()[:3]}, other pytest processes running: {others}",
+    ]
 
 
 def _command(args: list[str]) -> str:
@@ -854,20 +943,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--letters", type=int, help="letters per detection-lag mode (default 200; --quick 20)")
     p.add_argument("--scale", help="task counts, comma-separated (default 10,100,1000; --quick 10,100)")
-    p.add_argument("--interval", type=float, default=60.0,
-                   help="probe interval at 1000 tasks in seconds; scaled with the task count (default 60)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        help="probe interval at 1000 tasks in seconds; scaled with the task count (default 60)",
+    )
     p.add_argument("--min-interval", type=float, default=10.0, help="shortest interval used (default 10)")
     p.add_argument("--intervals", type=int, help="measured intervals after one warm-up interval (default 2; --quick 1)")
     p.add_argument("--scrapes", type=int, default=20, help="timed GETs of /metrics per task count (default 20)")
-    p.add_argument("--sequential", action="store_true",
-                   help="run the three lag modes one after another instead of side by side (3x longer)")
-    p.add_argument("--direct", action="store_true",
-                   help="let Postfix deliver at once instead of releasing held mail at random moments")
-    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
-                   help="py-spy the exporter this long at the largest task count, after measuring (default off)")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run the three lag modes one after another instead of side by side (3x longer)",
+    )
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="let Postfix deliver at once instead of releasing held mail at random moments",
+    )
+    p.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="py-spy the exporter this long at the largest task count, after measuring (default off)",
+    )
     p.add_argument("--quick", action="store_true", help="a short run for trying the script out")
-    p.add_argument("--scrape-load", action="store_true",
-                   help=f"only the scrape-load comparison: probes with and without {SCRAPERS} concurrent scrapers")
+    p.add_argument(
+        "--scrape-load",
+        action="store_true",
+        help=f"only the scrape-load comparison: probes with and without {SCRAPERS} concurrent scrapers",
+    )
     p.add_argument("--scrape-tree", help="with --scrape-load: also run the exporter from this source tree (before)")
     p.add_argument("--load-tasks", type=int, default=50, help="tasks for --scrape-load (default 50)")
     p.add_argument("--load-interval", type=float, default=10.0, help="their interval in seconds (default 10)")
@@ -911,16 +1018,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def report(args: argparse.Namespace, facts: list[str], streams: Sequence[Stream], watcher: MaildirWatcher | None,
-           results: Sequence[Scale], elapsed: float) -> None:
+def report(
+    args: argparse.Namespace,
+    facts: list[str],
+    streams: Sequence[Stream],
+    watcher: MaildirWatcher | None,
+    results: Sequence[Scale],
+    elapsed: float,
+) -> None:
     print(f"\n# mail-roundtrip-exporter benchmark ({elapsed / 60:.1f} min): {' '.join(sys.argv)}")
     print("\n".join(f"- {fact}" for fact in facts))
     if streams and watcher is not None:
         side = "one after another" if args.sequential else "side by side (one letter at a time per mode)"
         print(f"\n## Detection lag ({args.letters} letters per mode, {side})\n")
         print("\n".join(lag_table(streams)))
-        print(f"\nwatcher: inotify timestamp - file ctime p50 {ms(pct(watcher.ctime_lag, 50))} ms, "
-              f"max {ms(max(watcher.ctime_lag, default=float('nan')))} ms; unmatched files {watcher.unmatched}")
+        print(
+            f"\nwatcher: inotify timestamp - file ctime p50 {ms(pct(watcher.ctime_lag, 50))} ms, "
+            f"max {ms(max(watcher.ctime_lag, default=float('nan')))} ms; unmatched files {watcher.unmatched}"
+        )
     if results:
         held = "delivered at once" if args.direct else "held and released at random moments"
         print(f"\n## Scale (exporter subprocess, submission STARTTLS+AUTH, IMAPS, IDLE; mail {held})\n")

@@ -76,11 +76,26 @@ def start(rig: MailRig, run: Run, workdir: Path) -> None:
     config.write_text(yaml.safe_dump({"devices": devices}))
     config.chmod(0o600)
     run.port = free_port()
-    command = [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
-               f"127.0.0.1:{run.port}", "--signing.key-file", str(workdir / "signing.key")]
+    command = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config.file",
+        str(config),
+        "--web.listen-address",
+        f"127.0.0.1:{run.port}",
+        "--signing.key-file",
+        str(workdir / "signing.key"),
+    ]
     with (workdir / f"{run.label}.log").open("ab") as log:
-        run.proc = subprocess.Popen(command, cwd=run.tree, env={**os.environ, "PYTHONPATH": str(run.tree)},
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        run.proc = subprocess.Popen(
+            command,
+            cwd=run.tree,
+            env={**os.environ, "PYTHONPATH": str(run.tree)},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
     wait_ready(run.proc, run.port).close()
 
 
@@ -96,9 +111,12 @@ def sample(rig: MailRig, runs: list[Run], minutes: int) -> None:
             run.probes_per_minute.append(done - last[run.label][1])
             run.letters_per_minute.append(sum(len(rig.messages(user)) for user in run.users))
             last[run.label] = (cpu, done)
-            print(f"minute {minute:2d} {run.label}: CPU {run.cpu_per_minute[-1]:.1f} s, "
-                  f"{run.probes_per_minute[-1]:.0f} probes, {run.letters_per_minute[-1]} letters in its mailboxes",
-                  file=sys.stderr, flush=True)
+            print(
+                f"minute {minute:2d} {run.label}: CPU {run.cpu_per_minute[-1]:.1f} s, "
+                f"{run.probes_per_minute[-1]:.0f} probes, {run.letters_per_minute[-1]} letters in its mailboxes",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def probes(run: Run) -> float:
@@ -116,22 +134,28 @@ def get_metrics(run: Run) -> str:
 
 
 def table(runs: list[Run]) -> list[str]:
-    rows = ["| exporter | probes per minute | CPU s per minute: minute 1 / last / mean | letters in its mailboxes "
-            "at the end | failures by reason | peak RSS (MB) |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| exporter | probes per minute | CPU s per minute: minute 1 / last / mean | letters in its mailboxes "
+        "at the end | failures by reason | peak RSS (MB) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for run in runs:
         cpu = run.cpu_per_minute
         mean_probes = sum(run.probes_per_minute) / max(1, len(run.probes_per_minute))
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(run.failures.items())) or "none"
-        rows.append(f"| {run.label} | {mean_probes:.0f} | {cpu[0]:.1f} / {cpu[-1]:.1f} / {sum(cpu) / len(cpu):.1f} "
-                    f"| {run.letters_per_minute[-1]} | {reasons} | {run.rss_peak_mb:.0f} |")
+        rows.append(
+            f"| {run.label} | {mean_probes:.0f} | {cpu[0]:.1f} / {cpu[-1]:.1f} / {sum(cpu) / len(cpu):.1f} "
+            f"| {run.letters_per_minute[-1]} | {reasons} | {run.rss_peak_mb:.0f} |"
+        )
     return rows
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=int, default=20, help="measured minutes (default 20)")
-    p.add_argument("--mailboxes", type=int, default=20,
-                   help=f"mailboxes per exporter, {SHARED} tasks each (default 20)")
+    p.add_argument(
+        "--mailboxes", type=int, default=20, help=f"mailboxes per exporter, {SHARED} tasks each (default 20)"
+    )
     p.add_argument("--before-tree", help="also run the exporter from this source tree, at the same time")
     return p.parse_args()
 
@@ -144,8 +168,10 @@ def main() -> int:
     trees = [("this tree", REPO)] + ([("before", Path(args.before_tree).resolve())] if args.before_tree else [])
     workdir = Path(tempfile.mkdtemp(prefix="mrt-cost-"))
     with MailRig(users=0) as rig:
-        runs = [Run(label, tree, rig.add_users(f"cost{n}-{i:03d}" for i in range(args.mailboxes)))
-                for n, (label, tree) in enumerate(trees)]
+        runs = [
+            Run(label, tree, rig.add_users(f"cost{n}-{i:03d}" for i in range(args.mailboxes)))
+            for n, (label, tree) in enumerate(trees)
+        ]
         try:
             for run in runs:
                 start(rig, run, workdir)
@@ -159,8 +185,10 @@ def main() -> int:
                 if run.proc is not None:
                     stop(run.proc)
     tasks = args.mailboxes * SHARED
-    print(f"\n## Cost with a third of the tasks failing ({tasks} tasks per exporter at {INTERVAL:g}s, "
-          f"{args.mailboxes} mailboxes of {SHARED} tasks, one with a wrong mailbox password; {args.minutes} min)\n")
+    print(
+        f"\n## Cost with a third of the tasks failing ({tasks} tasks per exporter at {INTERVAL:g}s, "
+        f"{args.mailboxes} mailboxes of {SHARED} tasks, one with a wrong mailbox password; {args.minutes} min)\n"
+    )
     print("\n".join(f"- {fact}" for fact in machine()))
     print()
     print("\n".join(table(runs)))

@@ -22,18 +22,60 @@ def demo_config(rig: MailRig, interval: str) -> dict[str, Any]:
     user = rig.address("user1")
     password = rig.password("user1")
     ca = str(rig.ca_file)
-    submission = {"host": f"localhost:{rig.ports.submission}", "security": "starttls", "user": user,
-                  "password": password, "ca_file": ca}
-    submissions = {"host": f"localhost:{rig.ports.submissions}", "security": "tls", "user": user,
-                   "password": password, "ca_file": ca}
-    return {"devices": [{"name": "local-rig", "interval": interval, "tasks": [
-        {"name": "imap", "destination": user, "email_timeout": "1m", "smtp": submission,
-         "incoming": {"protocol": "imap", "host": f"localhost:{rig.ports.imaps}", "security": "tls", "user": user,
-                      "password": password, "ca_file": ca, "poll_interval": "1s"}},
-        {"name": "pop3", "destination": user, "email_timeout": "1m", "smtp": submissions,
-         "incoming": {"protocol": "pop3", "host": f"localhost:{rig.ports.pop3}", "security": "starttls",
-                      "user": user, "password": password, "ca_file": ca, "poll_interval": "1s"}},
-    ]}]}
+    submission = {
+        "host": f"localhost:{rig.ports.submission}",
+        "security": "starttls",
+        "user": user,
+        "password": password,
+        "ca_file": ca,
+    }
+    submissions = {
+        "host": f"localhost:{rig.ports.submissions}",
+        "security": "tls",
+        "user": user,
+        "password": password,
+        "ca_file": ca,
+    }
+    return {
+        "devices": [
+            {
+                "name": "local-rig",
+                "interval": interval,
+                "tasks": [
+                    {
+                        "name": "imap",
+                        "destination": user,
+                        "email_timeout": "1m",
+                        "smtp": submission,
+                        "incoming": {
+                            "protocol": "imap",
+                            "host": f"localhost:{rig.ports.imaps}",
+                            "security": "tls",
+                            "user": user,
+                            "password": password,
+                            "ca_file": ca,
+                            "poll_interval": "1s",
+                        },
+                    },
+                    {
+                        "name": "pop3",
+                        "destination": user,
+                        "email_timeout": "1m",
+                        "smtp": submissions,
+                        "incoming": {
+                            "protocol": "pop3",
+                            "host": f"localhost:{rig.ports.pop3}",
+                            "security": "starttls",
+                            "user": user,
+                            "password": password,
+                            "ca_file": ca,
+                            "poll_interval": "1s",
+                        },
+                    },
+                ],
+            }
+        ]
+    }
 
 
 def main() -> int:
@@ -49,8 +91,17 @@ def main() -> int:
         config.write_text(yaml.safe_dump(demo_config(rig, args.interval)))
         print(f"mail rig in {rig.dir}; config {config}", file=sys.stderr)
         print(f"metrics: curl http://{args.listen}/metrics   status page: http://{args.listen}/", file=sys.stderr)
-        command = [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
-                   args.listen, "--signing.key-file", str(rig.dir / "signing.key")]
+        command = [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            args.listen,
+            "--signing.key-file",
+            str(rig.dir / "signing.key"),
+        ]
         exporter = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent)
         try:
             return exporter.wait()

@@ -158,8 +158,10 @@ def proxy(host: str, port: int, traffic: Traffic | None = None) -> Handler:
 
     async def handler(peer: Peer) -> None:
         reader, writer = await asyncio.open_connection(host, port)
-        pumps = {asyncio.ensure_future(_pump(peer.reader, writer)),
-                 asyncio.ensure_future(_pump(reader, peer.writer, traffic))}
+        pumps = {
+            asyncio.ensure_future(_pump(peer.reader, writer)),
+            asyncio.ensure_future(_pump(reader, peer.writer, traffic)),
+        }
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -108,9 +108,15 @@ class FakeImap:
         """Reply to one command; False when the session is over."""
         name = command.name
         handler = {
-            "CAPABILITY": self._capability, "LOGIN": self._login, "SELECT": self._select, "NOOP": self._ok,
-            "UID SEARCH": self._search, "UID FETCH": self._fetch, "UID STORE": self._store,
-            "UID EXPUNGE": self._uid_expunge, "EXPUNGE": self._expunge,
+            "CAPABILITY": self._capability,
+            "LOGIN": self._login,
+            "SELECT": self._select,
+            "NOOP": self._ok,
+            "UID SEARCH": self._search,
+            "UID FETCH": self._fetch,
+            "UID STORE": self._store,
+            "UID EXPUNGE": self._uid_expunge,
+            "EXPUNGE": self._expunge,
         }.get(name)
         if name == "LOGOUT":
             await peer.send(b"* BYE logging out\r\n" + tag + b" OK LOGOUT completed\r\n")
@@ -144,7 +150,9 @@ class FakeImap:
 
     def _select(self, command: Command) -> bytes:
         return b"* %d EXISTS\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n* OK [UIDNEXT %d] next\r\n" % (
-            len(self.letters), self._uid_next)
+            len(self.letters),
+            self._uid_next,
+        )
 
     def _ok(self, command: Command) -> bytes:
         return b""
@@ -328,7 +336,7 @@ def _fetch_items(letter: FakeLetter, items: str) -> bytes:
 def _section_data(letter: FakeLetter, section: str) -> bytes:
     upper = section.upper()
     if upper.startswith("HEADER.FIELDS"):
-        names = {name.lower() for name in re.findall(r"[\w-]+", section[len("HEADER.FIELDS"):])}
+        names = {name.lower() for name in re.findall(r"[\w-]+", section[len("HEADER.FIELDS") :])}
         return _header_fields(letter.header_block(), names)
     if upper == "HEADER":
         return letter.header_block()

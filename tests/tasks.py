@@ -29,8 +29,11 @@ MAILBOX_LEGS = {
 
 def smtp_leg(rig: MailRig, kind: str, user: str, host: str = "localhost", **extra: Any) -> dict[str, Any]:
     port_name, security, auth = SMTP_LEGS[kind]
-    leg: dict[str, Any] = {"host": f"{host}:{getattr(rig.ports, port_name)}", "security": security,
-                           "ca_file": str(rig.ca_file)}
+    leg: dict[str, Any] = {
+        "host": f"{host}:{getattr(rig.ports, port_name)}",
+        "security": security,
+        "ca_file": str(rig.ca_file),
+    }
     if auth:
         leg.update(user=rig.address(user), password=rig.password(user))
     leg.update(extra)
@@ -40,16 +43,26 @@ def smtp_leg(rig: MailRig, kind: str, user: str, host: str = "localhost", **extr
 def mailbox_leg(rig: MailRig, kind: str, user: str, host: str = "localhost", **extra: Any) -> dict[str, Any]:
     protocol, port_name, security = MAILBOX_LEGS[kind]
     leg: dict[str, Any] = {
-        "protocol": protocol, "host": f"{host}:{getattr(rig.ports, port_name)}", "security": security,
-        "user": rig.address(user), "password": rig.password(user), "ca_file": str(rig.ca_file),
+        "protocol": protocol,
+        "host": f"{host}:{getattr(rig.ports, port_name)}",
+        "security": security,
+        "user": rig.address(user),
+        "password": rig.password(user),
+        "ca_file": str(rig.ca_file),
         "poll_interval": "100ms",
     }
     leg.update(extra)
     return leg
 
 
-def task_dict(rig: MailRig, user: str, smtp: str = "submission-starttls-auth", mailbox: str = "imaps",
-              name: str = "t", **extra: Any) -> dict[str, Any]:
+def task_dict(
+    rig: MailRig,
+    user: str,
+    smtp: str = "submission-starttls-auth",
+    mailbox: str = "imaps",
+    name: str = "t",
+    **extra: Any,
+) -> dict[str, Any]:
     task: dict[str, Any] = {
         "name": name,
         "destination": rig.address(user),

@@ -203,11 +203,19 @@ def start(name: str, args: list[str], url: str, tmp: Path) -> Server:
 def exporter_config(rig: MailRig) -> dict[str, Any]:
     wrong = task_dict(rig, USERS[0], name="wrong-password")
     wrong["smtp"]["password"] = "not-the-password"
-    return {"devices": [{"name": DEVICE, "interval": "1s", "tasks": [
-        task_dict(rig, USERS[0], name="imap"),
-        task_dict(rig, USERS[1], name="pop3", smtp="submissions-tls-auth", mailbox="pop3s"),
-        wrong,
-    ]}]}
+    return {
+        "devices": [
+            {
+                "name": DEVICE,
+                "interval": "1s",
+                "tasks": [
+                    task_dict(rig, USERS[0], name="imap"),
+                    task_dict(rig, USERS[1], name="pop3", smtp="submissions-tls-auth", mailbox="pop3s"),
+                    wrong,
+                ],
+            }
+        ]
+    }
 
 
 def short_for_rules(tmp: Path) -> Path:
@@ -229,8 +237,7 @@ def prometheus_config(tmp: Path, exporter_port: int, alertmanager_port: int) -> 
     config["rule_files"] = [str(short_for_rules(tmp))]
     config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]
     (job,) = config["scrape_configs"]
-    job.update(scrape_interval="1s", scrape_timeout="1s",
-               static_configs=[{"targets": [f"127.0.0.1:{exporter_port}"]}])
+    job.update(scrape_interval="1s", scrape_timeout="1s", static_configs=[{"targets": [f"127.0.0.1:{exporter_port}"]}])
     path = tmp / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -246,20 +253,52 @@ def stack(rig: MailRig, tmp_path: Path) -> Iterator[Stack]:
     am_config.write_text(yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}))
     servers: list[Server] = []
     try:
-        servers.append(start("exporter", [
-            sys.executable, "-m", "exporter", "--config.file", str(config), "--signing.key-file",
-            str(tmp_path / "signing.key"), "--web.listen-address", f"127.0.0.1:{exporter_port}",
-        ], f"http://127.0.0.1:{exporter_port}", tmp_path))
-        servers.append(start("alertmanager", [
-            tool("prometheus-alertmanager", "alertmanager"), f"--config.file={am_config}",
-            f"--storage.path={tmp_path / 'alertmanager'}", f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-            "--cluster.listen-address=",
-        ], f"http://127.0.0.1:{alertmanager_port}", tmp_path))
-        servers.append(start("prometheus", [
-            tool("prometheus"), f"--config.file={prometheus_config(tmp_path, exporter_port, alertmanager_port)}",
-            f"--storage.tsdb.path={tmp_path / 'prometheus'}", f"--web.listen-address=127.0.0.1:{prometheus_port}",
-            "--rules.alert.resend-delay=1s",
-        ], f"http://127.0.0.1:{prometheus_port}", tmp_path))
+        servers.append(
+            start(
+                "exporter",
+                [
+                    sys.executable,
+                    "-m",
+                    "exporter",
+                    "--config.file",
+                    str(config),
+                    "--signing.key-file",
+                    str(tmp_path / "signing.key"),
+                    "--web.listen-address",
+                    f"127.0.0.1:{exporter_port}",
+                ],
+                f"http://127.0.0.1:{exporter_port}",
+                tmp_path,
+            )
+        )
+        servers.append(
+            start(
+                "alertmanager",
+                [
+                    tool("prometheus-alertmanager", "alertmanager"),
+                    f"--config.file={am_config}",
+                    f"--storage.path={tmp_path / 'alertmanager'}",
+                    f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+                    "--cluster.listen-address=",
+                ],
+                f"http://127.0.0.1:{alertmanager_port}",
+                tmp_path,
+            )
+        )
+        servers.append(
+            start(
+                "prometheus",
+                [
+                    tool("prometheus"),
+                    f"--config.file={prometheus_config(tmp_path, exporter_port, alertmanager_port)}",
+                    f"--storage.tsdb.path={tmp_path / 'prometheus'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    "--rules.alert.resend-delay=1s",
+                ],
+                f"http://127.0.0.1:{prometheus_port}",
+                tmp_path,
+            )
+        )
         yield Stack(exporter=servers[0], alertmanager=servers[1], prometheus=servers[2], servers=servers)
     finally:
         for server in reversed(servers):
@@ -292,8 +331,11 @@ def _missing(stack: Stack, queries: dict[str, str]) -> str:
 def _alert(stack: Stack, task: str) -> dict[str, Any] | None:
     for alert in stack.am_alerts():
         labels = alert["labels"]
-        if (labels.get("alertname"), labels.get("device"), labels.get("task")) == ("MailRoundTripFailing", DEVICE,
-                                                                                   task):
+        if (labels.get("alertname"), labels.get("device"), labels.get("task")) == (
+            "MailRoundTripFailing",
+            DEVICE,
+            task,
+        ):
             return alert
     return None
 
@@ -308,8 +350,12 @@ def test_dashboard_and_rules_on_real_prometheus(rig: MailRig, stack: Stack) -> N
             queries[f"recording rule {rule['record']} (expr)"] = rule["expr"]
             queries[f"recording rule {rule['record']} (recorded)"] = rule["record"]
     try:
-        results = wait_for(lambda: _all_answer(stack, queries), 40, "every dashboard query and recording rule to "
-                           "return data", lambda: "still no data:\n" + _missing(stack, queries) + "\n" + stack.logs())
+        results = wait_for(
+            lambda: _all_answer(stack, queries),
+            40,
+            "every dashboard query and recording rule to return data",
+            lambda: "still no data:\n" + _missing(stack, queries) + "\n" + stack.logs(),
+        )
 
         # Legends name labels that the results really have ({{device}}/{{task}} must not print as empty).
         for what, target in targets.items():
@@ -339,18 +385,27 @@ def test_dashboard_and_rules_on_real_prometheus(rig: MailRig, stack: Stack) -> N
         failing = next(r["expr"] for r in load_rules() if r.get("alert") == "MailRoundTripFailing")
         rig.stop_smtp()
         try:
-            wait_for(lambda: [s for s in stack.query(failing) if s["metric"].get("task") == "imap"], 30,
-                     "MailRoundTripFailing's expression to be true for imap")
-            wait_for(lambda: stack.query('ALERTS{alertname="MailRoundTripFailing", task="imap", '
-                                         'alertstate="firing"}'), 30, "MailRoundTripFailing to fire for imap")
+            wait_for(
+                lambda: [s for s in stack.query(failing) if s["metric"].get("task") == "imap"],
+                30,
+                "MailRoundTripFailing's expression to be true for imap",
+            )
+            wait_for(
+                lambda: stack.query('ALERTS{alertname="MailRoundTripFailing", task="imap", alertstate="firing"}'),
+                30,
+                "MailRoundTripFailing to fire for imap",
+            )
             alert = wait_for(lambda: _connect_alert(stack), 30, "the imap alert (reason connect) in Alertmanager")
             assert alert["labels"]["severity"] == "critical" and alert["labels"]["job"] == "mail-roundtrip"
         finally:
             rig.start_smtp()
 
         # ... and once the server is back, the expression is false again.
-        wait_for(lambda: not [s for s in stack.query(failing) if s["metric"].get("task") == "imap"], 30,
-                 "MailRoundTripFailing's expression to be false for imap again")
+        wait_for(
+            lambda: not [s for s in stack.query(failing) if s["metric"].get("task") == "imap"],
+            30,
+            "MailRoundTripFailing's expression to be false for imap again",
+        )
     except (AssertionError, RigError) as exc:
         raise AssertionError(f"{exc}\n{stack.logs()}") from exc
 
@@ -360,4 +415,3 @@ def _connect_alert(stack: Stack) -> dict[str, Any] | None:
     if alert is not None and "reason connect" in alert["annotations"]["description"]:
         return alert
     return None
-

@@ -44,8 +44,14 @@ def task(**overrides: Any) -> dict[str, Any]:
         "name": "t1",
         "destination": "probe@example.test",
         "smtp": {"host": "127.0.0.1", "port": 1, "security": "none"},
-        "incoming": {"protocol": "imap", "host": "127.0.0.1", "port": 1, "security": "none",
-                     "user": "u", "password": CANARY},
+        "incoming": {
+            "protocol": "imap",
+            "host": "127.0.0.1",
+            "port": 1,
+            "security": "none",
+            "user": "u",
+            "password": CANARY,
+        },
     }
     entry.update(overrides)
     return entry
@@ -83,9 +89,14 @@ def _limit_memory() -> None:
 
 
 def config_check(path: Path | str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file", str(path)],
-                          capture_output=True, text=True, timeout=HANG_GUARD, check=False,
-                          preexec_fn=_limit_memory)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.check", "--config.file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+        preexec_fn=_limit_memory,
+    )
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -98,22 +109,28 @@ def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) ->
 # --- values: the issue's examples through --config.check ----------------------------------------------
 
 
-@pytest.mark.parametrize(("yaml_text", "field", "problem"), [
-    ("interval: .nan", "devices[0].interval", "must be a finite duration"),
-    ("interval: .inf", "devices[0].interval", "must be a finite duration"),
-    ("interval: 1e308", "devices[0].interval", "must be a duration like"),  # a string to YAML 1.1
-    ("interval: 1.0e+308", "devices[0].interval", "must be at most 24h"),
-    ("interval: 99999999999999999h", "devices[0].interval", "must be at most 24h"),
-    ("email_timeout: .nan", "devices[0].tasks[0].email_timeout", "must be a finite duration"),
-    ("completion_timeout: .nan", "devices[0].tasks[0].completion_timeout", "must be a finite duration"),
-    ('host: "[::1"', "devices[0].tasks[0].incoming.host", "'[::1' is not host[:port]"),
-    ('mailbox: ""', "devices[0].tasks[0].incoming.mailbox", "must not be empty"),
-])
+@pytest.mark.parametrize(
+    ("yaml_text", "field", "problem"),
+    [
+        ("interval: .nan", "devices[0].interval", "must be a finite duration"),
+        ("interval: .inf", "devices[0].interval", "must be a finite duration"),
+        ("interval: 1e308", "devices[0].interval", "must be a duration like"),  # a string to YAML 1.1
+        ("interval: 1.0e+308", "devices[0].interval", "must be at most 24h"),
+        ("interval: 99999999999999999h", "devices[0].interval", "must be at most 24h"),
+        ("email_timeout: .nan", "devices[0].tasks[0].email_timeout", "must be a finite duration"),
+        ("completion_timeout: .nan", "devices[0].tasks[0].completion_timeout", "must be a finite duration"),
+        ('host: "[::1"', "devices[0].tasks[0].incoming.host", "'[::1' is not host[:port]"),
+        ('mailbox: ""', "devices[0].tasks[0].incoming.mailbox", "must not be empty"),
+    ],
+)
 def test_config_check_refuses_the_reported_values(tmp_path: Path, yaml_text: str, field: str, problem: str) -> None:
     key, _, value = yaml_text.partition(": ")
     data = document()
-    target = {"interval": data["devices"][0], "host": data["devices"][0]["tasks"][0]["incoming"],
-              "mailbox": data["devices"][0]["tasks"][0]["incoming"]}.get(key, data["devices"][0]["tasks"][0])
+    target = {
+        "interval": data["devices"][0],
+        "host": data["devices"][0]["tasks"][0]["incoming"],
+        "mailbox": data["devices"][0]["tasks"][0]["incoming"],
+    }.get(key, data["devices"][0]["tasks"][0])
     target[key] = f"@@{key}@@"
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(data).replace(f"'@@{key}@@'", value))
@@ -132,63 +149,78 @@ DURATION_FIELDS = {
 
 
 @pytest.mark.parametrize("field", DURATION_FIELDS)
-@pytest.mark.parametrize(("value", "problem"), [
-    (float("nan"), "must be a finite duration"),
-    (float("inf"), "must be a finite duration"),
-    (float("-inf"), "must be a finite duration"),
-    (10**400, "must be a finite duration"),  # too large for a float at all
-    (0, "must be longer than zero"),
-    (-5, "must be longer than zero"),
-    ("0s", "must be longer than zero"),
-    ("1e999s", "must be a duration like"),
-    ("nan", "must be a duration like"),
-    (1e300, "must be at most"),
-    ("99999999999999999h", "must be at most"),
-    ("25h", "must be at most"),
-    ("1ms", "must be at least"),
-    ([1, [2]], "must be a duration like"),
-])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (float("nan"), "must be a finite duration"),
+        (float("inf"), "must be a finite duration"),
+        (float("-inf"), "must be a finite duration"),
+        (10**400, "must be a finite duration"),  # too large for a float at all
+        (0, "must be longer than zero"),
+        (-5, "must be longer than zero"),
+        ("0s", "must be longer than zero"),
+        ("1e999s", "must be a duration like"),
+        ("nan", "must be a duration like"),
+        (1e300, "must be at most"),
+        ("99999999999999999h", "must be at most"),
+        ("25h", "must be at most"),
+        ("1ms", "must be at least"),
+        ([1, [2]], "must be a duration like"),
+    ],
+)
 def test_every_duration_is_finite_and_bounded(field: str, value: Any, problem: str) -> None:
     message = error_of(DURATION_FIELDS[field](value))
     assert f".{field.split('.')[-1]}: " in message and problem in message, message
 
 
-@pytest.mark.parametrize(("field", "shortest", "longest"), [
-    ("interval", "1s", "24h"), ("completion_timeout", "100ms", "1h"), ("email_timeout", "1s", "1h"),
-    ("poll_interval", "100ms", "1h"), ("dns.timeout", "10ms", "10m"),
-])
+@pytest.mark.parametrize(
+    ("field", "shortest", "longest"),
+    [
+        ("interval", "1s", "24h"),
+        ("completion_timeout", "100ms", "1h"),
+        ("email_timeout", "1s", "1h"),
+        ("poll_interval", "100ms", "1h"),
+        ("dns.timeout", "10ms", "10m"),
+    ],
+)
 def test_duration_bounds_are_inclusive(field: str, shortest: str, longest: str) -> None:
     for edge in (shortest, longest):
         parse_config(DURATION_FIELDS[field](edge))
 
 
-@pytest.mark.parametrize(("data", "where", "problem"), [
-    (document(max_in_flight=0), "max_in_flight", "must be an integer 1..100"),
-    (document(max_in_flight=101), "max_in_flight", "must be an integer 1..100"),
-    (document(max_in_flight=10**30), "max_in_flight", "must be an integer 1..100"),
-    (document(max_in_flight=True), "max_in_flight", "must be an integer 1..100"),
-    (document(max_in_flight=float("nan")), "max_in_flight", "must be an integer 1..100"),
-    (with_incoming(mailbox=" "), "incoming.mailbox", "must not be empty"),
-    (with_incoming(mailbox="IN\x07BOX"), "incoming.mailbox", "contains a control character"),
-    (with_incoming(mailbox="INBOX\x7f"), "incoming.mailbox", "contains a control character"),
-    (with_incoming(mailbox="INBOX\x1b[2J"), "incoming.mailbox", "contains a control character"),
-    (with_incoming(mailbox="A" * 256), "incoming.mailbox", "must be at most 255 characters"),
-    (with_incoming(mailbox="INBOX\n"), "incoming.mailbox", "must not contain CR, LF or NUL"),
-    (with_incoming(host="[::1"), "incoming.host", "is not host[:port]"),
-    (with_incoming(host="[::1]x"), "incoming.host", "is not host[:port]"),
-    (with_incoming(host="[]"), "incoming.host", "is not a host name"),
-    (with_incoming(host="a" * 254), "incoming.host", "is not a host name"),
-    (with_incoming(port=65536), "incoming.port", "must be a port number 1..65535"),
-    (with_incoming(port=10**30), "incoming.port", "must be a port number 1..65535"),
-    (with_incoming(user=""), "incoming.user", "must not be empty"),
-    (with_incoming(user="u" * 256), "incoming.user", "must be at most 255 characters"),
-    (with_incoming(password=CANARY * 60), "incoming.password", "must be at most 1024 characters"),
-    (document(destination="a" * 250 + "@b.test"), "destination", "must be at most 254 characters"),
-    (document(name="n" * 64), "tasks[0].name", "is not a valid name"),
-    (document({"dns": {"servers": ["[::1"]}}), "dns.servers[0]", "is not host[:port]"),
-    (with_incoming(password=None, password_env="X" * 5000), "incoming.password_env",
-     "must be at most 4096 characters"),
-])
+@pytest.mark.parametrize(
+    ("data", "where", "problem"),
+    [
+        (document(max_in_flight=0), "max_in_flight", "must be an integer 1..100"),
+        (document(max_in_flight=101), "max_in_flight", "must be an integer 1..100"),
+        (document(max_in_flight=10**30), "max_in_flight", "must be an integer 1..100"),
+        (document(max_in_flight=True), "max_in_flight", "must be an integer 1..100"),
+        (document(max_in_flight=float("nan")), "max_in_flight", "must be an integer 1..100"),
+        (with_incoming(mailbox=" "), "incoming.mailbox", "must not be empty"),
+        (with_incoming(mailbox="IN\x07BOX"), "incoming.mailbox", "contains a control character"),
+        (with_incoming(mailbox="INBOX\x7f"), "incoming.mailbox", "contains a control character"),
+        (with_incoming(mailbox="INBOX\x1b[2J"), "incoming.mailbox", "contains a control character"),
+        (with_incoming(mailbox="A" * 256), "incoming.mailbox", "must be at most 255 characters"),
+        (with_incoming(mailbox="INBOX\n"), "incoming.mailbox", "must not contain CR, LF or NUL"),
+        (with_incoming(host="[::1"), "incoming.host", "is not host[:port]"),
+        (with_incoming(host="[::1]x"), "incoming.host", "is not host[:port]"),
+        (with_incoming(host="[]"), "incoming.host", "is not a host name"),
+        (with_incoming(host="a" * 254), "incoming.host", "is not a host name"),
+        (with_incoming(port=65536), "incoming.port", "must be a port number 1..65535"),
+        (with_incoming(port=10**30), "incoming.port", "must be a port number 1..65535"),
+        (with_incoming(user=""), "incoming.user", "must not be empty"),
+        (with_incoming(user="u" * 256), "incoming.user", "must be at most 255 characters"),
+        (with_incoming(password=CANARY * 60), "incoming.password", "must be at most 1024 characters"),
+        (document(destination="a" * 250 + "@b.test"), "destination", "must be at most 254 characters"),
+        (document(name="n" * 64), "tasks[0].name", "is not a valid name"),
+        (document({"dns": {"servers": ["[::1"]}}), "dns.servers[0]", "is not host[:port]"),
+        (
+            with_incoming(password=None, password_env="X" * 5000),
+            "incoming.password_env",
+            "must be at most 4096 characters",
+        ),
+    ],
+)
 def test_other_values_are_bounded(data: dict[str, Any], where: str, problem: str) -> None:
     message = error_of(data)
     assert f".{where}: " in message and problem in message, message
@@ -196,8 +228,9 @@ def test_other_values_are_bounded(data: dict[str, Any], where: str, problem: str
 
 
 def test_values_inside_bounds_still_load() -> None:
-    config = parse_config(with_incoming(mailbox="Sent Items/Ünicode", host="[::1]:143", port=None, user="u" * 255,
-                                        password="p" * 1024))
+    config = parse_config(
+        with_incoming(mailbox="Sent Items/Ünicode", host="[::1]:143", port=None, user="u" * 255, password="p" * 1024)
+    )
     incoming = config.tasks()[0][1].incoming
     assert (incoming.mailbox, incoming.host, incoming.port) == ("Sent Items/Ünicode", "::1", 143)
 
@@ -240,12 +273,15 @@ def test_config_file_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> No
     assert_refused(config_check(special), f"{special}: cannot read: {problem}")
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    (b"x" * 4097, "is larger than 4 KiB"),
-    (b"caf\xe9-" + CANARY.encode(), "is not UTF-8: invalid byte at line 1, column 4"),
-    (CANARY.encode() + b"\nsecond line\n", "the password must not contain CR, LF or NUL"),
-    (CANARY.encode() + b"\0", "the password must not contain CR, LF or NUL"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"x" * 4097, "is larger than 4 KiB"),
+        (b"caf\xe9-" + CANARY.encode(), "is not UTF-8: invalid byte at line 1, column 4"),
+        (CANARY.encode() + b"\nsecond line\n", "the password must not contain CR, LF or NUL"),
+        (CANARY.encode() + b"\0", "the password must not contain CR, LF or NUL"),
+    ],
+)
 def test_password_file_content_is_checked_without_showing_it(tmp_path: Path, content: bytes, problem: str) -> None:
     (tmp_path / "pw").write_bytes(content)
     message = error_of(with_incoming(password=None, password_file="pw"), tmp_path)
@@ -261,18 +297,40 @@ def test_password_file_at_the_size_limit_loads(tmp_path: Path) -> None:
 
 def _self_signed(directory: Path) -> Path:
     cert = directory / "ca.crt"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "2", "-subj", "/CN=test-ca", "-keyout", str(directory / "ca.key"), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            str(directory / "ca.key"),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    (b"not a certificate\n", "is not a PEM certificate bundle: no certificate or crl found"),
-    (b"", "is not a PEM certificate bundle"),
-    (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "is not a PEM certificate bundle"),
-    (b"\x00" * (1024 * 1024 + 1), "is larger than 1 MiB"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"not a certificate\n", "is not a PEM certificate bundle: no certificate or crl found"),
+        (b"", "is not a PEM certificate bundle"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "is not a PEM certificate bundle"),
+        (b"\x00" * (1024 * 1024 + 1), "is larger than 1 MiB"),
+    ],
+)
 def test_ca_file_must_hold_a_certificate(tmp_path: Path, content: bytes, problem: str) -> None:
     (tmp_path / "ca.pem").write_bytes(content)
     message = error_of(with_incoming(ca_file="ca.pem"), tmp_path)
@@ -326,16 +384,19 @@ def _wide_bomb(size: int = 90_000) -> str:
 
 def _merge_bomb() -> str:
     """Merge keys copy what they merge: each level multiplies the mapping by 4."""
-    lines = ["m0: &m0 {k: 1}"] + [f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 4)}], k{i}: 1}}"
-                                  for i in range(1, 20)]
+    lines = ["m0: &m0 {k: 1}"] + [
+        f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 4)}], k{i}: 1}}" for i in range(1, 20)
+    ]
     return "\n".join(lines) + "\ndevices: []\n"
 
 
 YAML_CASES = {
     "flow nested 100,000 deep": ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "nesting depth"),
     "flow nested 100 deep": ("a: " + "[" * 100 + "]" * 100 + "\n", "nested deeper than 64 levels"),
-    "block nested 100 deep": ("".join("  " * i + "- \n" for i in range(99)) + "  " * 99 + "- x\n",
-                              "nested deeper than 64 levels"),
+    "block nested 100 deep": (
+        "".join("  " * i + "- \n" for i in range(99)) + "  " * 99 + "- x\n",
+        "nested deeper than 64 levels",
+    ),
     "sequences 100,000 deep": ("- " * 100_000 + "x\n", "nesting depth"),
     "alias bomb": (_alias_bomb(), "more than 200000 values once aliases are expanded"),
     "90 KB alias bomb": (_wide_bomb(), "more than 200000 values once aliases are expanded"),
@@ -370,8 +431,17 @@ def test_yaml_tags_python_cannot_build(tmp_path: Path, text: str) -> None:
     assert load_error(path) == f"{path}: a number, date or tagged value cannot be converted"
 
 
-@pytest.mark.parametrize("case", ["flow nested 100 deep", "block nested 100 deep", "alias bomb",
-                                  "90 KB alias bomb", "merge-key bomb", "alias inside itself"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "flow nested 100 deep",
+        "block nested 100 deep",
+        "alias bomb",
+        "90 KB alias bomb",
+        "merge-key bomb",
+        "alias inside itself",
+    ],
+)
 def test_hostile_yaml_without_libyaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """The pure-Python loader (PyYAML without libyaml) is bounded the same way."""
     monkeypatch.setattr(config_module, "_Loader", yaml.SafeLoader)
@@ -405,8 +475,9 @@ def test_signing_key_open_to_others_is_refused(tmp_path: Path, mode: int) -> Non
     path.chmod(mode)
     with pytest.raises(keys.SigningKeyError) as info:
         keys.load_or_create(path)
-    assert str(info.value) == (f"{path}: the signing key is open to group or others (mode {mode:04o}); "
-                               "make it private with chmod 600")
+    assert str(info.value) == (
+        f"{path}: the signing key is open to group or others (mode {mode:04o}); make it private with chmod 600"
+    )
 
 
 def test_signing_key_is_created_private_whatever_the_umask(tmp_path: Path) -> None:
@@ -420,11 +491,14 @@ def test_signing_key_is_created_private_whatever_the_umask(tmp_path: Path) -> No
     assert keys.load_or_create(path) == key
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    (b"ab" * 5000, "is larger than 4 KiB"),
-    (b"\xe9" + b"ab" * 32, "is not UTF-8: invalid byte at line 1, column 1"),
-    (b"zz" * 32, "non-hexadecimal number found"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"ab" * 5000, "is larger than 4 KiB"),
+        (b"\xe9" + b"ab" * 32, "is not UTF-8: invalid byte at line 1, column 1"),
+        (b"zz" * 32, "non-hexadecimal number found"),
+    ],
+)
 def test_bad_signing_key_file_is_one_line(tmp_path: Path, content: bytes, problem: str) -> None:
     path = tmp_path / "signing.key"
     path.write_bytes(content)
@@ -509,9 +583,21 @@ def served(tmp_path: Path) -> Iterator[Served]:
     output = tmp_path / "exporter.log"
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
-             f"127.0.0.1:{port}", "--signing.key-file", str(tmp_path / "key"), "--log.level", "debug"],
-            stdout=sink, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config.file",
+                str(config),
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+                "--signing.key-file",
+                str(tmp_path / "key"),
+                "--log.level",
+                "debug",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     running = Served(process, f"http://127.0.0.1:{port}", config, output)
     try:
@@ -530,8 +616,10 @@ def _bad_configs(directory: Path) -> dict[str, tuple[bytes, str]]:
     password_file = yaml.safe_dump(with_incoming(password=None, password_file="latin1-pw")).encode()
     return {
         "Latin-1 comment": (b"# caf\xe9\n" + good, "cannot read: is not UTF-8: invalid byte at line 1, column 6"),
-        "Latin-1 password_file": (password_file, "cannot read '" + str(directory / "latin1-pw")
-                                  + "': is not UTF-8: invalid byte at line 1, column 4"),
+        "Latin-1 password_file": (
+            password_file,
+            "cannot read '" + str(directory / "latin1-pw") + "': is not UTF-8: invalid byte at line 1, column 4",
+        ),
         "alias bomb": (_wide_bomb().encode(), "more than 200000 values once aliases are expanded"),
         "nested 100,000 deep": (b"a: " + b"[" * 100_000 + b"]" * 100_000, "nesting depth"),
         "interval .nan": (good.replace(b"interval: 1h", b"interval: .nan"), "interval: must be a finite duration"),

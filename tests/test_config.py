@@ -90,35 +90,63 @@ def test_durations(text: Any, bare: str, seconds: float) -> None:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["devices"][0]["tasks"][0]["incoming"].update(port="abc"),
-         "cfg.yml: devices[0].tasks[0].incoming.port: must be a port number"),
-        (lambda d: d["devices"][0]["tasks"][0]["incoming"].update(prot=1),
-         "cfg.yml: devices[0].tasks[0].incoming: unknown key 'prot'"),
-        (lambda d: d["devices"][0]["tasks"][0].update(email_timeout=61),
-         "cfg.yml: devices[0].tasks[0].email_timeout: must be at most 1h"),
-        (lambda d: d["devices"][0]["tasks"][0].update(completion_timeout="soon"),
-         "cfg.yml: devices[0].tasks[0].completion_timeout: must be a duration"),
-        (lambda d: d["devices"][0]["tasks"][0].update(destination="nobody"),
-         "cfg.yml: devices[0].tasks[0].destination: 'nobody' is not an e-mail address"),
-        (lambda d: d["devices"][0]["tasks"][0]["incoming"].update(protocol="smtp"),
-         "cfg.yml: devices[0].tasks[0].incoming.protocol: must be one of imap|pop3"),
-        (lambda d: d["devices"][0]["tasks"][0]["smtp"].update(ssl=True, security="tls"),
-         "cfg.yml: devices[0].tasks[0].smtp: give either security or ssl"),
-        (lambda d: d["devices"][0]["tasks"][0]["smtp"].update(password="x"),
-         "cfg.yml: devices[0].tasks[0].smtp.user: a password is given but no user"),
-        (lambda d: d["devices"][0]["tasks"][0]["incoming"].update(password_env="NOPE_NOT_SET"),
-         "cfg.yml: devices[0].tasks[0].incoming: give only one of password, password_env"),
-        (lambda d: d["devices"][0]["tasks"].append(dict(d["devices"][0]["tasks"][0])),
-         "cfg.yml: devices[0].tasks[1].name: duplicate task name 't1'"),
-        (lambda d: d["devices"][0].update(dns={"mode": "external"}),
-         "cfg.yml: devices[0].dns.servers: mode external needs at least one entry"),
-        (lambda d: d["devices"][0].update(dns={"hosts": [{"address": "1.2.3", "name": "x"}]}),
-         "cfg.yml: devices[0].dns.hosts[0].address: '1.2.3' is not an IP address"),
-        (lambda d: d["devices"][0]["tasks"][0]["smtp"].update(host="bad host"),
-         "cfg.yml: devices[0].tasks[0].smtp.host: 'bad host' is not a host name"),
+        (
+            lambda d: d["devices"][0]["tasks"][0]["incoming"].update(port="abc"),
+            "cfg.yml: devices[0].tasks[0].incoming.port: must be a port number",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0]["incoming"].update(prot=1),
+            "cfg.yml: devices[0].tasks[0].incoming: unknown key 'prot'",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0].update(email_timeout=61),
+            "cfg.yml: devices[0].tasks[0].email_timeout: must be at most 1h",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0].update(completion_timeout="soon"),
+            "cfg.yml: devices[0].tasks[0].completion_timeout: must be a duration",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0].update(destination="nobody"),
+            "cfg.yml: devices[0].tasks[0].destination: 'nobody' is not an e-mail address",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0]["incoming"].update(protocol="smtp"),
+            "cfg.yml: devices[0].tasks[0].incoming.protocol: must be one of imap|pop3",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0]["smtp"].update(ssl=True, security="tls"),
+            "cfg.yml: devices[0].tasks[0].smtp: give either security or ssl",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0]["smtp"].update(password="x"),
+            "cfg.yml: devices[0].tasks[0].smtp.user: a password is given but no user",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0]["incoming"].update(password_env="NOPE_NOT_SET"),
+            "cfg.yml: devices[0].tasks[0].incoming: give only one of password, password_env",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"].append(dict(d["devices"][0]["tasks"][0])),
+            "cfg.yml: devices[0].tasks[1].name: duplicate task name 't1'",
+        ),
+        (
+            lambda d: d["devices"][0].update(dns={"mode": "external"}),
+            "cfg.yml: devices[0].dns.servers: mode external needs at least one entry",
+        ),
+        (
+            lambda d: d["devices"][0].update(dns={"hosts": [{"address": "1.2.3", "name": "x"}]}),
+            "cfg.yml: devices[0].dns.hosts[0].address: '1.2.3' is not an IP address",
+        ),
+        (
+            lambda d: d["devices"][0]["tasks"][0]["smtp"].update(host="bad host"),
+            "cfg.yml: devices[0].tasks[0].smtp.host: 'bad host' is not a host name",
+        ),
         (lambda d: d.update(devices=[]), "cfg.yml: devices: needs at least one device"),
-        (lambda d: d["devices"][0]["tasks"][0]["incoming"].update(user="a\nb"),
-         "cfg.yml: devices[0].tasks[0].incoming.user: must not contain CR, LF or NUL"),
+        (
+            lambda d: d["devices"][0]["tasks"][0]["incoming"].update(user="a\nb"),
+            "cfg.yml: devices[0].tasks[0].incoming.user: must not contain CR, LF or NUL",
+        ),
     ],
 )
 def test_errors_name_the_field(mutate: Any, expected: str) -> None:
@@ -132,7 +160,10 @@ def test_password_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "pw.txt").write_text("from-file\n")
     data = minimal(smtp={"host": "h", "user": "u", "password_env": "PROBE_PW"})
     data["devices"][0]["tasks"][0]["incoming"] = {
-        "protocol": "pop3", "host": "h", "user": "u", "password_file": "pw.txt"
+        "protocol": "pop3",
+        "host": "h",
+        "user": "u",
+        "password_file": "pw.txt",
     }
     task = parse_config(data, base_dir=tmp_path).tasks()[0][1]
     assert task.smtp.password is not None and task.smtp.password.reveal() == "from-env"
@@ -142,8 +173,12 @@ def test_password_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_missing_password_env_names_variable_not_value() -> None:
     data = minimal()
-    data["devices"][0]["tasks"][0]["incoming"] = {"protocol": "imap", "host": "h", "user": "u",
-                                                  "password_env": "SURELY_NOT_SET_X"}
+    data["devices"][0]["tasks"][0]["incoming"] = {
+        "protocol": "imap",
+        "host": "h",
+        "user": "u",
+        "password_env": "SURELY_NOT_SET_X",
+    }
     assert "environment variable 'SURELY_NOT_SET_X' is not set" in error_of(data)
 
 

@@ -34,8 +34,14 @@ BIG_SUBJECT = 100 * 1024
 
 
 def foreign(subject: str, *extra: str) -> bytes:
-    headers = ["From: someone@example.test", "To: box@example.test", f"Subject: {subject}",
-               f"Date: {formatdate()}", f"Message-ID: <{secrets.token_hex(8)}@example.test>", *extra]
+    headers = [
+        "From: someone@example.test",
+        "To: box@example.test",
+        f"Subject: {subject}",
+        f"Date: {formatdate()}",
+        f"Message-ID: <{secrets.token_hex(8)}@example.test>",
+        *extra,
+    ]
     return letters.letter(headers, b"hello\r\n")
 
 
@@ -115,8 +121,10 @@ async def test_foreign_letters_cost_a_probe_bounded_bytes(
     assert len(rig.messages(user)) == count  # all foreign letters kept
 
 
-@pytest.mark.parametrize(("mailbox", "reason"), [("imaps", Reason.AUTH), ("pop3s", Reason.AUTH),
-                                                 ("imaps", Reason.CONNECT), ("pop3s", Reason.CONNECT)])
+@pytest.mark.parametrize(
+    ("mailbox", "reason"),
+    [("imaps", Reason.AUTH), ("pop3s", Reason.AUTH), ("imaps", Reason.CONNECT), ("pop3s", Reason.CONNECT)],
+)
 async def test_a_mailbox_that_cannot_be_opened_gets_no_letter(
     rig: MailRig, fresh_users: FreshUsers, mailbox: str, reason: Reason
 ) -> None:

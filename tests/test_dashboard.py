@@ -42,18 +42,36 @@ def _probe_result() -> ProbeResult:
     """A finished probe that touched everything, so that every optional series is present."""
     now = time.time()
     return ProbeResult(
-        device="d", task="t", token="mrt-0-0-0", started=now - 2, success=True,
-        phases=dict.fromkeys(PHASES, 0.1), dns_cached={"smtp": True, "mailbox": False},
-        delivery_seconds=1.5, server_delivery_seconds=1.0, smtp_certificate_not_after=now + 86400,
-        mailbox_certificate_not_after=now + 86400, accepted_wall=now - 1, finished=now,
+        device="d",
+        task="t",
+        token="mrt-0-0-0",
+        started=now - 2,
+        success=True,
+        phases=dict.fromkeys(PHASES, 0.1),
+        dns_cached={"smtp": True, "mailbox": False},
+        delivery_seconds=1.5,
+        server_delivery_seconds=1.0,
+        smtp_certificate_not_after=now + 86400,
+        mailbox_certificate_not_after=now + 86400,
+        accepted_wall=now - 1,
+        finished=now,
     )
 
 
 def scrape_text(stats: TaskStats) -> str:
     """What /metrics serves for this task and a failing one (text format), without the process metrics."""
     failing = TaskStats("d", "failing", 60.0, 600.0)
-    failing.record(ProbeResult(device="d", task="failing", token="x", started=0.0, reason=Reason.AUTH,
-                               failed_phase="smtp_auth", finished=1.0))
+    failing.record(
+        ProbeResult(
+            device="d",
+            task="failing",
+            token="x",
+            started=0.0,
+            reason=Reason.AUTH,
+            failed_phase="smtp_auth",
+            finished=1.0,
+        )
+    )
     registry = CollectorRegistry()
     registry.register(SelfCollector(ReloadStatus()))
     return render_tasks([stats, failing], openmetrics=False) + generate_latest(registry).decode()
@@ -93,8 +111,22 @@ def test_the_fake_source_fills_every_metric_family() -> None:
 
 # --- PromQL, roughly: enough to find metric and label names -------------------------------------------------
 
-KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right",
-            "inf", "nan", "atan2"}
+KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
+}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _LABEL_LIST = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)")
 _MATCHERS = re.compile(r"\{([^{}]*)\}")
@@ -117,7 +149,7 @@ def promql_names(expr: str) -> tuple[set[str], set[str]]:
     names = set()
     for match in _IDENT.finditer(text):
         name = match.group(0)
-        is_call = re.match(r"\s*\(", text[match.end():]) is not None
+        is_call = re.match(r"\s*\(", text[match.end() :]) is not None
         if not is_call and name.lower() not in KEYWORDS:
             names.add(name)
     return names, labels
@@ -126,7 +158,7 @@ def promql_names(expr: str) -> tuple[set[str], set[str]]:
 def test_promql_names_helper() -> None:
     names, labels = promql_names(
         'histogram_quantile(0.95, sum by (device, le) (rate(x_bucket{task=~"a|b", le!="1"}[5m]))) '
-        '/ on (job) group_left (version) y_total > 1e-3 and z unless sum(w) without (reason)'
+        "/ on (job) group_left (version) y_total > 1e-3 and z unless sum(w) without (reason)"
     )
     assert names == {"x_bucket", "y_total", "z", "w"}
     assert labels == {"device", "le", "task", "job", "version", "reason"}
@@ -269,12 +301,19 @@ def test_dashboard_uses_only_exported_metrics_and_labels(
         metric, label = match.groups()
         assert metric in exporter_names and label in exporter_labels, query
     # The panels the issue asks for: every metric family of a task shows up somewhere.
-    for needed in ("mail_roundtrip_probe_success", "mail_roundtrip_probe_failure_reason",
-                   "mail_roundtrip_delivery_seconds_bucket", "mail_roundtrip_phase_duration_seconds",
-                   "mail_roundtrip_probe_failures_total", "mail_roundtrip_late_arrivals_total",
-                   "mail_roundtrip_letters_swept_total",
-                   "mail_roundtrip_probes_in_flight", "mail_roundtrip_probes_skipped_total",
-                   "mail_roundtrip_tls_certificate_not_after_timestamp_seconds", "mail_roundtrip_dns_lookups_total"):
+    for needed in (
+        "mail_roundtrip_probe_success",
+        "mail_roundtrip_probe_failure_reason",
+        "mail_roundtrip_delivery_seconds_bucket",
+        "mail_roundtrip_phase_duration_seconds",
+        "mail_roundtrip_probe_failures_total",
+        "mail_roundtrip_late_arrivals_total",
+        "mail_roundtrip_letters_swept_total",
+        "mail_roundtrip_probes_in_flight",
+        "mail_roundtrip_probes_skipped_total",
+        "mail_roundtrip_tls_certificate_not_after_timestamp_seconds",
+        "mail_roundtrip_dns_lookups_total",
+    ):
         assert needed in used, needed
 
 

@@ -211,9 +211,7 @@ async def test_several_servers_on_their_own_ports(server: DNSServer, other_serve
     assert queries(server) == (1, 1)
 
 
-async def test_system_mode_uses_getaddrinfo_not_the_dns_servers(
-    server: DNSServer, system_lookups: list[str]
-) -> None:
+async def test_system_mode_uses_getaddrinfo_not_the_dns_servers(server: DNSServer, system_lookups: list[str]) -> None:
     resolve = resolver_of(device_of({"mode": "system", "servers": [server.spec]}))
     assert "127.0.0.1" in (await resolve("localhost")).addresses  # from /etc/hosts
     with pytest.raises(DNSFailure):
@@ -314,19 +312,32 @@ async def test_silent_server_without_dns_timeout_is_bounded_by_the_phase(server:
 
 def rig_task(rig: MailRig, host: str, dns: dict[str, Any]) -> tuple[DeviceConfig, Any]:
     login = {"user": rig.address(USER), "password": rig.password(USER), "ca_file": str(rig.ca_file)}
-    config = parse_config({"devices": [{
-        "name": "dns-e2e",
-        "dns": dns,
-        "tasks": [{
-            "name": "t",
-            "destination": rig.address(USER),
-            "completion_timeout": "10s",
-            "email_timeout": "30s",
-            "smtp": {"host": f"{host}:{rig.ports.submissions}", "security": "tls", **login},
-            "incoming": {"protocol": "imap", "host": f"{host}:{rig.ports.imaps}", "security": "tls",
-                         "poll_interval": "100ms", **login},
-        }],
-    }]})
+    config = parse_config(
+        {
+            "devices": [
+                {
+                    "name": "dns-e2e",
+                    "dns": dns,
+                    "tasks": [
+                        {
+                            "name": "t",
+                            "destination": rig.address(USER),
+                            "completion_timeout": "10s",
+                            "email_timeout": "30s",
+                            "smtp": {"host": f"{host}:{rig.ports.submissions}", "security": "tls", **login},
+                            "incoming": {
+                                "protocol": "imap",
+                                "host": f"{host}:{rig.ports.imaps}",
+                                "security": "tls",
+                                "poll_interval": "100ms",
+                                **login,
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )
     return config.devices[0], config.devices[0].tasks[0]
 
 

@@ -89,9 +89,7 @@ async def test_timeout_then_late_arrival_counted_and_cleaned(
     assert probe_letters(rig, user) == []
 
 
-async def test_new_probe_starts_while_old_letter_travels(
-    rig: MailRig, users: tuple[str, ...], released: None
-) -> None:
+async def test_new_probe_starts_while_old_letter_travels(rig: MailRig, users: tuple[str, ...], released: None) -> None:
     runner, run = runner_for(task_dict(rig, users[1], email_timeout="30s", max_in_flight=2))
     rig.hold()
     runner.launch(run)
@@ -176,9 +174,20 @@ def exporter(rig: MailRig, users: tuple[str, ...], tmp_path: Path) -> Iterator[R
     running = Running(None, f"http://127.0.0.1:{port}", tmp_path / "config.yml")  # type: ignore[arg-type]
     running.write_config(task_dict(rig, users[2], name="imap"))
     running.process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", str(running.config), "--web.listen-address",
-         f"127.0.0.1:{port}", "--signing.key-file", str(tmp_path / "key")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(running.config),
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--signing.key-file",
+            str(tmp_path / "key"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     running.until(lambda: _ready(running), "the exporter to answer /-/ready")
     yield running
@@ -203,8 +212,9 @@ def test_live_scrape_passes_promtool(exporter: Running) -> None:
     assert status == 200 and openmetrics.rstrip().endswith("# EOF")
     assert exporter.value("mail_roundtrip_probe_success", device="rig", task="imap") == 1.0
     for reason in Reason:
-        assert exporter.value("mail_roundtrip_probe_failures_total", device="rig", task="imap",
-                              reason=reason.value) == 0.0
+        assert (
+            exporter.value("mail_roundtrip_probe_failures_total", device="rig", task="imap", reason=reason.value) == 0.0
+        )
     status, page = exporter.get("/")
     assert status == 200 and "<td>imap</td>" in page and "success" in page
 
@@ -217,13 +227,16 @@ def test_series_exist_before_the_first_probe_finishes(rig: MailRig, exporter: Ru
 def test_reload_adds_and_removes_tasks(rig: MailRig, users: tuple[str, ...], exporter: Running) -> None:
     exporter.write_config(task_dict(rig, users[2], name="pop3", mailbox="pop3s"))
     exporter.process.send_signal(signal.SIGHUP)
-    exporter.until(lambda: exporter.value("mail_roundtrip_probe_success", device="rig", task="pop3") == 1.0,
-                   "the new task to succeed")
+    exporter.until(
+        lambda: exporter.value("mail_roundtrip_probe_success", device="rig", task="pop3") == 1.0,
+        "the new task to succeed",
+    )
     assert exporter.value("mail_roundtrip_probe_success", device="rig", task="imap") is None
     assert not any(labels and ("task", "imap") in labels for _, labels in exporter.samples())
 
-    exporter.write_config(task_dict(rig, users[2], name="pop3", mailbox="pop3s"),
-                          task_dict(rig, users[2], name="imap2"))
+    exporter.write_config(
+        task_dict(rig, users[2], name="pop3", mailbox="pop3s"), task_dict(rig, users[2], name="imap2")
+    )
     status, _ = exporter.post("/-/reload")
     assert status == 200
     assert exporter.value("mail_roundtrip_probe_success", device="rig", task="imap2") is not None
@@ -235,14 +248,17 @@ def test_bad_reload_keeps_old_config(exporter: Running) -> None:
     assert status == 500 and "devices[0].tasks: needs at least one task" in body
     assert exporter.value("mail_roundtrip_exporter_config_last_reload_successful") == 0.0
     before = exporter.value("mail_roundtrip_probes_total", device="rig", task="imap") or 0.0
-    exporter.until(lambda: (exporter.value("mail_roundtrip_probes_total", device="rig", task="imap") or 0) > before,
-                   "the old task to keep probing")
+    exporter.until(
+        lambda: (exporter.value("mail_roundtrip_probes_total", device="rig", task="imap") or 0) > before,
+        "the old task to keep probing",
+    )
 
 
 def test_sigterm_exits_cleanly_with_probes_in_flight(rig: MailRig, exporter: Running, released: None) -> None:
     rig.hold()  # letters stay in the queue: probes are waiting when the signal comes
-    exporter.until(lambda: exporter.value("mail_roundtrip_probes_in_flight", device="rig", task="imap"),
-                   "a probe in flight")
+    exporter.until(
+        lambda: exporter.value("mail_roundtrip_probes_in_flight", device="rig", task="imap"), "a probe in flight"
+    )
     started = time.monotonic()
     exporter.process.send_signal(signal.SIGTERM)
     output, _ = exporter.process.communicate(timeout=10)

@@ -231,46 +231,132 @@ CLOSED = "connection closed by the server during"
 FAULTS = [
     Fault("smtp-tarpit", "smtp-plain", tarpit, Reason.TIMEOUT, NO_ANSWER, "smtp_greeting"),
     Fault("smtps-tarpit", "submissions-tls-auth", tarpit, Reason.TIMEOUT, NO_ANSWER, "smtp_tls"),
-    Fault("smtp-drip", "smtp-plain", drip(b"220 hostile.test ESMTP, very slowly\r\n"), Reason.TIMEOUT,
-          NO_ANSWER, "smtp_greeting", completion="2s"),
-    Fault("smtp-banner-554", "smtp-plain", smtp_server({}, banner=b"554 5.3.2 No SMTP service here\r\n"),
-          Reason.SMTP_REJECTED, "554 5.3.2 No SMTP service here", "smtp_greeting"),
-    Fault("smtp-banner-garbage", "smtp-plain", smtp_server({}, banner=b"HTTP/1.1 400 Bad Request\r\n"),
-          Reason.PROTOCOL, "unexpected reply to the greeting: Malformed SMTP response line: HTTP/1.1 400",
-          "smtp_greeting"),
-    Fault("smtp-drop-mid-data", "smtp-plain",
-          smtp_server({b"DATA": replies(b"354 End data with <CR><LF>.<CR><LF>\r\n", reads_a_line)}),
-          Reason.PROTOCOL, f"{CLOSED} DATA", "smtp_submit"),
-    Fault("smtp-rcpt-451", "smtp-plain", smtp_server({b"RCPT": replies(b"451 4.3.0 Try again later\r\n", listens)}),
-          Reason.SMTP_REJECTED, "451 4.3.0 Try again later", "smtp_submit"),
-    Fault("smtp-starttls-454", "smtp-starttls",
-          smtp_server({b"STARTTLS": replies(b"454 4.7.0 TLS not available\r\n", listens)}),
-          Reason.TLS, "STARTTLS refused: 454 4.7.0 TLS not available", "smtp_tls"),
-    Fault("smtp-starttls-garbage", "smtp-starttls",
-          smtp_server({b"STARTTLS": replies(b"220 2.0.0 Ready to start TLS\r\n", garbage_for_hello)}),
-          Reason.TLS, "TLS handshake failed", "smtp_tls"),
+    Fault(
+        "smtp-drip",
+        "smtp-plain",
+        drip(b"220 hostile.test ESMTP, very slowly\r\n"),
+        Reason.TIMEOUT,
+        NO_ANSWER,
+        "smtp_greeting",
+        completion="2s",
+    ),
+    Fault(
+        "smtp-banner-554",
+        "smtp-plain",
+        smtp_server({}, banner=b"554 5.3.2 No SMTP service here\r\n"),
+        Reason.SMTP_REJECTED,
+        "554 5.3.2 No SMTP service here",
+        "smtp_greeting",
+    ),
+    Fault(
+        "smtp-banner-garbage",
+        "smtp-plain",
+        smtp_server({}, banner=b"HTTP/1.1 400 Bad Request\r\n"),
+        Reason.PROTOCOL,
+        "unexpected reply to the greeting: Malformed SMTP response line: HTTP/1.1 400",
+        "smtp_greeting",
+    ),
+    Fault(
+        "smtp-drop-mid-data",
+        "smtp-plain",
+        smtp_server({b"DATA": replies(b"354 End data with <CR><LF>.<CR><LF>\r\n", reads_a_line)}),
+        Reason.PROTOCOL,
+        f"{CLOSED} DATA",
+        "smtp_submit",
+    ),
+    Fault(
+        "smtp-rcpt-451",
+        "smtp-plain",
+        smtp_server({b"RCPT": replies(b"451 4.3.0 Try again later\r\n", listens)}),
+        Reason.SMTP_REJECTED,
+        "451 4.3.0 Try again later",
+        "smtp_submit",
+    ),
+    Fault(
+        "smtp-starttls-454",
+        "smtp-starttls",
+        smtp_server({b"STARTTLS": replies(b"454 4.7.0 TLS not available\r\n", listens)}),
+        Reason.TLS,
+        "STARTTLS refused: 454 4.7.0 TLS not available",
+        "smtp_tls",
+    ),
+    Fault(
+        "smtp-starttls-garbage",
+        "smtp-starttls",
+        smtp_server({b"STARTTLS": replies(b"220 2.0.0 Ready to start TLS\r\n", garbage_for_hello)}),
+        Reason.TLS,
+        "TLS handshake failed",
+        "smtp_tls",
+    ),
     Fault("imap-tarpit", "imap-plain", tarpit, Reason.TIMEOUT, NO_ANSWER, "mailbox_login"),
     Fault("imaps-tarpit", "imaps", tarpit, Reason.TIMEOUT, NO_ANSWER, "mailbox_tls"),
-    Fault("imap-drip", "imap-plain", drip(b"* OK hostile IMAP4rev1 ready, very slowly\r\n"), Reason.TIMEOUT,
-          NO_ANSWER, "mailbox_login", completion="2s"),
-    Fault("imap-bye-greeting", "imap-plain", says(b"* BYE Too many connections from your address\r\n"),
-          Reason.MAILBOX, "server refused the session: * BYE Too many connections", "mailbox_login"),
-    Fault("imap-garbage-greeting", "imap-plain", smtp_server({}),  # an SMTP server on the IMAP port
-          Reason.PROTOCOL, "not an IMAP greeting: 220 hostile.test ESMTP", "mailbox_login"),
-    Fault("imap-bye-mid-session", "imap-plain",
-          imap_server({b"UID SEARCH": replies(b"* BYE Server shutting down.\r\n")}),
-          Reason.PROTOCOL, f"{CLOSED} UID SEARCH (* BYE Server shutting down.)", "mailbox_search"),
-    Fault("imap-drop-mid-fetch", "imap-plain", imap_server({b"UID FETCH": replies(PARTIAL_FETCH)}),
-          Reason.PROTOCOL, f"{CLOSED} UID FETCH", "mailbox_search"),
-    Fault("imap-starttls-no", "imap-starttls",
-          imap_server({b"STARTTLS": replies(b"TAG NO [UNAVAILABLE] TLS not available\r\n", listens)}),
-          Reason.TLS, "STARTTLS refused", "mailbox_tls"),
-    Fault("imap-starttls-garbage", "imap-starttls",
-          imap_server({b"STARTTLS": replies(b"TAG OK Begin TLS negotiation now\r\n", garbage_for_hello)}),
-          Reason.TLS, "TLS handshake failed", "mailbox_tls"),
+    Fault(
+        "imap-drip",
+        "imap-plain",
+        drip(b"* OK hostile IMAP4rev1 ready, very slowly\r\n"),
+        Reason.TIMEOUT,
+        NO_ANSWER,
+        "mailbox_login",
+        completion="2s",
+    ),
+    Fault(
+        "imap-bye-greeting",
+        "imap-plain",
+        says(b"* BYE Too many connections from your address\r\n"),
+        Reason.MAILBOX,
+        "server refused the session: * BYE Too many connections",
+        "mailbox_login",
+    ),
+    Fault(
+        "imap-garbage-greeting",
+        "imap-plain",
+        smtp_server({}),  # an SMTP server on the IMAP port
+        Reason.PROTOCOL,
+        "not an IMAP greeting: 220 hostile.test ESMTP",
+        "mailbox_login",
+    ),
+    Fault(
+        "imap-bye-mid-session",
+        "imap-plain",
+        imap_server({b"UID SEARCH": replies(b"* BYE Server shutting down.\r\n")}),
+        Reason.PROTOCOL,
+        f"{CLOSED} UID SEARCH (* BYE Server shutting down.)",
+        "mailbox_search",
+    ),
+    Fault(
+        "imap-drop-mid-fetch",
+        "imap-plain",
+        imap_server({b"UID FETCH": replies(PARTIAL_FETCH)}),
+        Reason.PROTOCOL,
+        f"{CLOSED} UID FETCH",
+        "mailbox_search",
+    ),
+    Fault(
+        "imap-starttls-no",
+        "imap-starttls",
+        imap_server({b"STARTTLS": replies(b"TAG NO [UNAVAILABLE] TLS not available\r\n", listens)}),
+        Reason.TLS,
+        "STARTTLS refused",
+        "mailbox_tls",
+    ),
+    Fault(
+        "imap-starttls-garbage",
+        "imap-starttls",
+        imap_server({b"STARTTLS": replies(b"TAG OK Begin TLS negotiation now\r\n", garbage_for_hello)}),
+        Reason.TLS,
+        "TLS handshake failed",
+        "mailbox_tls",
+    ),
     Fault("pop3-tarpit", "pop3-plain", tarpit, Reason.TIMEOUT, NO_ANSWER, "mailbox_login"),
-    Fault("pop3-drip", "pop3-plain", drip(b"+OK hostile POP3 ready, very slowly\r\n"), Reason.TIMEOUT,
-          NO_ANSWER, "mailbox_login", completion="2s"),
+    Fault(
+        "pop3-drip",
+        "pop3-plain",
+        drip(b"+OK hostile POP3 ready, very slowly\r\n"),
+        Reason.TIMEOUT,
+        NO_ANSWER,
+        "mailbox_login",
+        completion="2s",
+    ),
 ]
 
 
@@ -450,8 +536,9 @@ async def test_smtp_restart_while_the_letter_waits(rig: MailRig, user: str) -> N
 
 @pytest.mark.parametrize("kind", ["imaps", "pop3s"])
 async def test_mailbox_server_down(rig: MailRig, user: str, kind: str) -> None:
-    task = task_dict(rig, user, smtp="smtp-starttls", mailbox=kind, name=f"{kind}-down",
-                     completion_timeout=REAL_SERVER_TIMEOUT)
+    task = task_dict(
+        rig, user, smtp="smtp-starttls", mailbox=kind, name=f"{kind}-down", completion_timeout=REAL_SERVER_TIMEOUT
+    )
     mailbox = mailbox_of(task)
     rig.stop_imap_pop3()
     try:
@@ -500,8 +587,15 @@ STOP_REASONS = {"imaps": {Reason.PROTOCOL}, "pop3s": {Reason.CONNECT, Reason.TLS
 
 @pytest.mark.parametrize("kind", list(STOP_REASONS))
 async def test_dovecot_stops_while_the_probe_waits(rig: MailRig, user: str, kind: str) -> None:
-    task = task_dict(rig, user, smtp="smtp-starttls", mailbox=kind, name=f"{kind}-stops",
-                     completion_timeout=REAL_SERVER_TIMEOUT, email_timeout="20s")
+    task = task_dict(
+        rig,
+        user,
+        smtp="smtp-starttls",
+        mailbox=kind,
+        name=f"{kind}-stops",
+        completion_timeout=REAL_SERVER_TIMEOUT,
+        email_timeout="20s",
+    )
     waiting = copy.deepcopy(task)
     if kind == "imaps":  # IDLE for the whole wait: the server's goodbye is what the probe sees
         waiting["incoming"]["poll_interval"] = "1m"
@@ -566,8 +660,11 @@ def limit_storage(rig: MailRig, user: str, storage: str) -> None:
     passwd.write_text("".join(f"{line}{fields}\n" if line.startswith(f"{address}:") else f"{line}\n" for line in lines))
     rig._doveadm("reload")
     lookup = [DOVEADM, "-c", str(rig._dovecot_conf), "user", address]
-    rig.wait_for(lambda: "quota_rule" in subprocess.run(lookup, capture_output=True, text=True, check=False).stdout,
-                 10, f"Dovecot to know the quota of {address}")
+    rig.wait_for(
+        lambda: "quota_rule" in subprocess.run(lookup, capture_output=True, text=True, check=False).stdout,
+        10,
+        f"Dovecot to know the quota of {address}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -621,8 +718,11 @@ class Scraper:
 
     async def values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         _, text = await self.get("/metrics")
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     async def value(self, name: str, task: str, **labels: str) -> float | None:
         return (await self.values()).get((name, tuple(sorted({"device": "rig", "task": task, **labels}.items()))))
@@ -653,9 +753,17 @@ async def test_exporter_keeps_serving_while_a_server_tarpits(
         log = tmp_path / "exporter.log"
         with log.open("w") as output:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "exporter", "--config.file", str(config),
-                "--web.listen-address", f"127.0.0.1:{port}", "--signing.key-file", str(tmp_path / "key"),
-                stdout=output, stderr=subprocess.STDOUT,
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config.file",
+                str(config),
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+                "--signing.key-file",
+                str(tmp_path / "key"),
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         try:
             await serves_through_the_fault(Scraper(f"http://127.0.0.1:{port}"), server, switch, rig)
@@ -678,15 +786,21 @@ async def serves_through_the_fault(scraper: Scraper, server: HostileServer, swit
         return status == 200 and stuck == 1 and server.busy > 0  # the tarpit held a probe all along
 
     await until(scraped_while_stuck, "a scrape answered while the tarpit holds a probe", every=0.1)
-    await until(lambda: scraper.value("mail_roundtrip_probe_failures_total", "tarpit", reason="timeout"),
-                "the stuck task to fail with reason timeout", every=0.1)
+    await until(
+        lambda: scraper.value("mail_roundtrip_probe_failures_total", "tarpit", reason="timeout"),
+        "the stuck task to fail with reason timeout",
+        every=0.1,
+    )
     _, page = await scraper.get("/")
     assert "smtp_greeting: no answer within 2s" in page
     healthy = await scraper.value("mail_roundtrip_probes_total", "healthy") or 0
     await until(lambda: healthy_after(scraper, healthy + 2), "the healthy task to go on succeeding", every=0.1)
     switch.handler = proxy("127.0.0.1", rig.ports.smtp)  # the fault ends
-    await until(lambda: scraper.value("mail_roundtrip_last_success_timestamp_seconds", "tarpit"),
-                "the task to recover", every=0.1)
+    await until(
+        lambda: scraper.value("mail_roundtrip_last_success_timestamp_seconds", "tarpit"),
+        "the task to recover",
+        every=0.1,
+    )
     # Probes stuck before the fix still end in timeouts; after them every probe succeeds.
     await until(lambda: scraper.value("mail_roundtrip_probe_success", "tarpit"), "success to stay", every=0.1)
 
@@ -694,10 +808,16 @@ async def serves_through_the_fault(scraper: Scraper, server: HostileServer, swit
 async def healthy_after(scraper: Scraper, probes: float) -> bool:
     values = await scraper.values()
     labels = (("device", "rig"), ("task", "healthy"))
-    failures = sum(v for (name, lab), v in values.items()
-                   if name == "mail_roundtrip_probe_failures_total" and ("task", "healthy") in lab)
-    return values.get(("mail_roundtrip_probes_total", labels), 0) >= probes and failures == 0 \
+    failures = sum(
+        v
+        for (name, lab), v in values.items()
+        if name == "mail_roundtrip_probe_failures_total" and ("task", "healthy") in lab
+    )
+    return (
+        values.get(("mail_roundtrip_probes_total", labels), 0) >= probes
+        and failures == 0
         and values.get(("mail_roundtrip_probe_success", labels)) == 1
+    )
 
 
 # --- server text is data ---------------------------------------------------------------------------
@@ -707,7 +827,10 @@ async def healthy_after(scraper: Scraper, probes: float) -> bool:
 # separators and a right-to-left override, and a forged report header.
 FORGED = b"== forged/task: OK"
 HOSTILE_TEXT = (
-    b"\x1b[2J\x1b]0;owned\x07 bare\rCR " + FORGED + b" NUL\x00 LS\xe2\x80\xa8" + FORGED
+    b"\x1b[2J\x1b]0;owned\x07 bare\rCR "
+    + FORGED
+    + b" NUL\x00 LS\xe2\x80\xa8"
+    + FORGED
     + b" PS\xe2\x80\xa9 RLO\xe2\x80\xaeKO :ksat/degrof ==\xe2\x80\xac"
 )
 # A reply of 150 lines, 24 KB (aiosmtplib takes up to 32 KB): the report must stay short.
@@ -745,12 +868,20 @@ SAYS = [
     Says("smtp-banner", "smtp-plain", smtp_server({}, banner=multiline(b"554", HOSTILE_TEXT)), Reason.SMTP_REJECTED),
     # Accepted, so the letter never reaches the (real) mailbox: the reply shows as "smtp reply" and in
     # the delivery timeout's message.
-    Says("smtp-data-reply", "smtp-plain", smtp_server({}, data_reply=multiline(b"250", HOSTILE_TEXT)),
-         Reason.DELIVERY_TIMEOUT),
+    Says(
+        "smtp-data-reply",
+        "smtp-plain",
+        smtp_server({}, data_reply=multiline(b"250", HOSTILE_TEXT)),
+        Reason.DELIVERY_TIMEOUT,
+    ),
     Says("smtp-data-long", "smtp-plain", smtp_server({}, data_reply=LONG_REPLY), Reason.SMTP_REJECTED),
     Says("imap-greeting", "imap-plain", says(b"* BYE " + HOSTILE_TEXT + b"\r\n"), Reason.MAILBOX),
-    Says("imap-login", "imap-plain", imap_server({b"LOGIN": replies(b"TAG NO " + HOSTILE_TEXT + b"\r\n", listens)}),
-         Reason.AUTH),
+    Says(
+        "imap-login",
+        "imap-plain",
+        imap_server({b"LOGIN": replies(b"TAG NO " + HOSTILE_TEXT + b"\r\n", listens)}),
+        Reason.AUTH,
+    ),
     Says("pop3-greeting", "pop3-plain", says(b"-ERR " + HOSTILE_TEXT + b"\r\n"), Reason.MAILBOX),
     Says("pop3-pass", "pop3-plain", pop3_refuses_pass(b"-ERR " + HOSTILE_TEXT + b"\r\n"), Reason.AUTH),
 ]
@@ -760,8 +891,16 @@ async def run_once(config: dict[str, Any], tmp_path: Path) -> tuple[int, str, st
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(config))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", "--once", "--config.file", str(path),
-        "--signing.key-file", str(tmp_path / "key"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "exporter",
+        "--once",
+        "--config.file",
+        str(path),
+        "--signing.key-file",
+        str(tmp_path / "key"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
@@ -782,8 +921,11 @@ async def test_once_report_shows_server_text_as_data(rig: MailRig, fresh_user: s
         for case in SAYS:
             server = await stack.enter_async_context(serve(case.handler))
             leg = "smtp" if case.kind in SMTP_LEGS else "incoming"
-            kinds = {"smtp": case.kind, "mailbox": "imap-plain"} if leg == "smtp" else {
-                "smtp": "smtp-plain", "mailbox": case.kind}
+            kinds = (
+                {"smtp": case.kind, "mailbox": "imap-plain"}
+                if leg == "smtp"
+                else {"smtp": "smtp-plain", "mailbox": case.kind}
+            )
             task = task_dict(rig, fresh_user, name=case.name, completion_timeout="5s", email_timeout="1s", **kinds)
             task[leg]["host"] = f"127.0.0.1:{server.port}"
             tasks.append(task)

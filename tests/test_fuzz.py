@@ -18,19 +18,70 @@ from exporter.message import is_delivery_report, recognise
 from exporter.pop3 import Pop3Client, received_time
 from tests.tasks import SIGNER
 
-KEYS = ["devices", "name", "interval", "tasks", "dns", "mode", "servers", "hosts", "address", "timeout",
-        "destination", "sender", "smtp", "incoming", "host", "port", "security", "ssl", "user", "password",
-        "password_env", "password_file", "protocol", "mailbox", "poll_interval", "completion_timeout",
-        "email_timeout", "max_in_flight", "dns_mode", "ca_file", "insecure_skip_verify", "bogus"]
+KEYS = [
+    "devices",
+    "name",
+    "interval",
+    "tasks",
+    "dns",
+    "mode",
+    "servers",
+    "hosts",
+    "address",
+    "timeout",
+    "destination",
+    "sender",
+    "smtp",
+    "incoming",
+    "host",
+    "port",
+    "security",
+    "ssl",
+    "user",
+    "password",
+    "password_env",
+    "password_file",
+    "protocol",
+    "mailbox",
+    "poll_interval",
+    "completion_timeout",
+    "email_timeout",
+    "max_in_flight",
+    "dns_mode",
+    "ca_file",
+    "insecure_skip_verify",
+    "bogus",
+]
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),
-    st.text(max_size=30), st.sampled_from(["imap", "pop3", "tls", "starttls", "none", "10m", "90s", "0s",
-                                           "127.0.0.1", "[::1]:25", "a@b.test", "on", "off", "-1"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            "imap",
+            "pop3",
+            "tls",
+            "starttls",
+            "none",
+            "10m",
+            "90s",
+            "0s",
+            "127.0.0.1",
+            "[::1]:25",
+            "a@b.test",
+            "on",
+            "off",
+            "-1",
+        ]
+    ),
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8),
-                                                                 inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=6)
+    ),
     max_leaves=40,
 )
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -45,10 +96,26 @@ def test_config_loader_raises_only_config_errors(data: Any) -> None:
         assert str(exc).startswith("fuzz.yml: ") and "\n" not in str(exc)
 
 
-YAML_PIECES = [b"&a [", b"*a", b"]", b"<<: ", b"{", b"}", b"- ", b"\n  ", b"\xe9", b"\x00", b"devices:",
-               b"1" * 50, b"!!int"]
-FILE_CONTENT = (st.text(max_size=300).map(str.encode) | st.binary(max_size=300)
-                | st.lists(st.sampled_from(YAML_PIECES), max_size=40).map(b"".join))
+YAML_PIECES = [
+    b"&a [",
+    b"*a",
+    b"]",
+    b"<<: ",
+    b"{",
+    b"}",
+    b"- ",
+    b"\n  ",
+    b"\xe9",
+    b"\x00",
+    b"devices:",
+    b"1" * 50,
+    b"!!int",
+]
+FILE_CONTENT = (
+    st.text(max_size=300).map(str.encode)
+    | st.binary(max_size=300)
+    | st.lists(st.sampled_from(YAML_PIECES), max_size=40).map(b"".join)
+)
 
 
 @FUZZ
@@ -91,9 +158,26 @@ async def _pop3_conversation(reply: bytes) -> None:
 
 
 @FUZZ
-@given(st.binary(max_size=2000) | st.lists(
-    st.sampled_from([b"+OK hi\r\n", b"-ERR no\r\n", b".\r\n", b"..x\r\n", b"1 abc\r\n", b"+OK\n", b"\r\n",
-                     b"x" * 1500 + b"\r\n", b"\x00\xff\r\n", b"Subject: mrt-1\r\n"]), max_size=30).map(b"".join))
+@given(
+    st.binary(max_size=2000)
+    | st.lists(
+        st.sampled_from(
+            [
+                b"+OK hi\r\n",
+                b"-ERR no\r\n",
+                b".\r\n",
+                b"..x\r\n",
+                b"1 abc\r\n",
+                b"+OK\n",
+                b"\r\n",
+                b"x" * 1500 + b"\r\n",
+                b"\x00\xff\r\n",
+                b"Subject: mrt-1\r\n",
+            ]
+        ),
+        max_size=30,
+    ).map(b"".join)
+)
 def test_pop3_replies_raise_only_probe_errors(reply: bytes) -> None:
     with contextlib.suppress(ProbeError):
         asyncio.run(_pop3_conversation(reply))

@@ -25,8 +25,15 @@ DEADLINE = 20.0  # bounds every session step: a hang fails the test instead of s
 
 
 def config(port: int, security: Security = Security.NONE) -> IncomingConfig:
-    return IncomingConfig(host="127.0.0.1", port=port, security=security, tls=TLSOptions(),
-                          user="probe@example.test", password=Secret(PASSWORD), protocol=Protocol.IMAP)
+    return IncomingConfig(
+        host="127.0.0.1",
+        port=port,
+        security=security,
+        tls=TLSOptions(),
+        user="probe@example.test",
+        password=Secret(PASSWORD),
+        protocol=Protocol.IMAP,
+    )
 
 
 def probe_letter(token: Token | None = None) -> tuple[Token, bytes]:
@@ -46,8 +53,9 @@ class Running:
     async def open(self, security: Security = Security.NONE) -> imap.ImapSession:
         clock = net.PhaseClock(DEADLINE)
         connected = await self.server.connect(clock)
-        return await asyncio.wait_for(imap.open_session(config(self.server.port, security), connected, clock,
-                                                        SIGNER, self.memo), DEADLINE)
+        return await asyncio.wait_for(
+            imap.open_session(config(self.server.port, security), connected, clock, SIGNER, self.memo), DEADLINE
+        )
 
 
 @pytest.fixture
@@ -95,10 +103,13 @@ async def test_without_uidplus_the_letter_is_only_flagged(running: Running) -> N
     assert not any("EXPUNGE" in command for command in running.fake.commands)
 
 
-@pytest.mark.parametrize(("greeting", "error", "text"), [
-    (b"* BYE Too many connections\r\n", MailboxFailure, "Too many connections"),
-    (b"220 smtp.example.test ESMTP\r\n", ProtocolFailure, "not an IMAP greeting"),
-])
+@pytest.mark.parametrize(
+    ("greeting", "error", "text"),
+    [
+        (b"* BYE Too many connections\r\n", MailboxFailure, "Too many connections"),
+        (b"220 smtp.example.test ESMTP\r\n", ProtocolFailure, "not an IMAP greeting"),
+    ],
+)
 async def test_a_greeting_that_is_not_ok_ends_the_session(
     running: Running, greeting: bytes, error: type[Exception], text: str
 ) -> None:

@@ -52,8 +52,9 @@ ONE_RULE_BROKEN: dict[str, Callable[[Token], bytes]] = {
     "resent-from": with_header("Resent-From: user@example.test"),
     "resent-message-id": with_header("Resent-Message-ID: <r@example.test>"),
     "subject-re": replaced(lambda t: b"Subject: [", lambda t: b"Subject: Re: ["),
-    "subject-extra-word": replaced(lambda t: t.value.encode() + b"\r\nDate",
-                                   lambda t: t.value.encode() + b" ok\r\nDate"),
+    "subject-extra-word": replaced(
+        lambda t: t.value.encode() + b"\r\nDate", lambda t: t.value.encode() + b" ok\r\nDate"
+    ),
     "message-id-other": replaced(own_id, lambda t: b"<copy@example.test>"),
     "message-id-of-other-token": replaced(own_id, lambda t: own_id(OTHER)),
     "marker-missing": replaced(lambda t: marker(t) + b"\r\n", lambda t: b""),
@@ -61,10 +62,13 @@ ONE_RULE_BROKEN: dict[str, Callable[[Token], bytes]] = {
     "marker-quoted-in-words": replaced(marker, lambda t: b"X-Mail-Roundtrip-Probe: see " + t.value.encode()),
     "marker-twice": replaced(marker, lambda t: marker(t) + b"\r\n" + marker(OTHER)),
     "marker-of-other-token": replaced(marker, lambda t: marker(OTHER)),
-    "content-type-digest": replaced(lambda t: b"text/plain; charset=us-ascii",
-                                    lambda t: b"multipart/digest; boundary=x"),
-    "content-type-report": replaced(lambda t: b"text/plain; charset=us-ascii",
-                                    lambda t: b"multipart/report; report-type=delivery-status; boundary=x"),
+    "content-type-digest": replaced(
+        lambda t: b"text/plain; charset=us-ascii", lambda t: b"multipart/digest; boundary=x"
+    ),
+    "content-type-report": replaced(
+        lambda t: b"text/plain; charset=us-ascii",
+        lambda t: b"multipart/report; report-type=delivery-status; boundary=x",
+    ),
     "content-type-message": replaced(lambda t: b"text/plain; charset=us-ascii", lambda t: b"message/rfc822"),
 }
 
@@ -83,10 +87,13 @@ def test_our_letter_is_recognised_from_its_headers_and_whole() -> None:
 def test_our_letter_as_delivered_is_recognised() -> None:
     """What the servers add (trace headers, a folded Subject) does not change the letter's identity."""
     token = old_token()
-    raw = letters.probe_letter(token).replace(b"Subject: [mail-roundtrip-exporter] test letter ",
-                                              b"Subject: [mail-roundtrip-exporter] test letter\r\n\t")
-    delivered = (b"Return-Path: <probe@example.test>\r\nDelivered-To: box@example.test\r\n"
-                 b"Received: from mail.test by vm with LMTP; " + formatdate().encode() + b"\r\n" + raw)
+    raw = letters.probe_letter(token).replace(
+        b"Subject: [mail-roundtrip-exporter] test letter ", b"Subject: [mail-roundtrip-exporter] test letter\r\n\t"
+    )
+    delivered = (
+        b"Return-Path: <probe@example.test>\r\nDelivered-To: box@example.test\r\n"
+        b"Received: from mail.test by vm with LMTP; " + formatdate().encode() + b"\r\n" + raw
+    )
     assert recognise(SIGNER, delivered) == Recognised(token)
 
 
@@ -156,8 +163,7 @@ async def test_a_real_bounce_ends_the_probe_as_bounced(rig: MailRig, mailbox: st
     rig.add_users([watched])
     rig.clear_mailbox(watched)
     gone = rig.add_undeliverable(f"safety-gone-{mailbox}")
-    task = task_dict(rig, watched, mailbox=mailbox, destination=gone, sender=rig.address(watched),
-                     email_timeout="60s")
+    task = task_dict(rig, watched, mailbox=mailbox, destination=gone, sender=rig.address(watched), email_timeout="60s")
     box = Mailbox(task_of(task).incoming, SIGNER)
     result = await probe_once(task, box)
     assert not result.success and result.reason is Reason.BOUNCED, result.error

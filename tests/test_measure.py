@@ -123,8 +123,15 @@ GREETING_LIMIT = 1.5
 
 
 def incoming(rig: MailRig, protocol: Protocol, security: Security, port: int) -> IncomingConfig:
-    return IncomingConfig(host="127.0.0.1", port=port, security=security, tls=TLSOptions(ca_file=str(rig.ca_file)),
-                          user="nobody", password=Secret("never-sent"), protocol=protocol)
+    return IncomingConfig(
+        host="127.0.0.1",
+        port=port,
+        security=security,
+        tls=TLSOptions(ca_file=str(rig.ca_file)),
+        user="nobody",
+        password=Secret("never-sent"),
+        protocol=protocol,
+    )
 
 
 async def open_mailbox(config: IncomingConfig, server: HostileServer) -> None:
@@ -264,6 +271,7 @@ async def test_concurrent_scrapes_share_one_render(
     client = TestClient(TestServer(web.make_app(exporter)), connector=aiohttp.TCPConnector(limit=0))
     await client.start_server()
     try:
+
         async def scrape(accept: str) -> tuple[int, bytes]:
             async with client.get("/metrics", headers={"Accept": accept}) as response:
                 return response.status, await response.read()

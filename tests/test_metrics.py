@@ -15,18 +15,37 @@ from exporter.probe import PHASES, ProbeResult
 def stats() -> list[TaskStats]:
     now = time.time()
     ok = TaskStats("dev-1", 'odd "task"\\name', 60.0, 600.0)
-    ok.record(ProbeResult(device="dev-1", task="t", token="x", started=now - 1, success=True,
-                          phases=dict.fromkeys(PHASES, 0.25), dns_cached={"smtp": True, "mailbox": False},
-                          delivery_seconds=1.5, accepted_wall=now, finished=now))
+    ok.record(
+        ProbeResult(
+            device="dev-1",
+            task="t",
+            token="x",
+            started=now - 1,
+            success=True,
+            phases=dict.fromkeys(PHASES, 0.25),
+            dns_cached={"smtp": True, "mailbox": False},
+            delivery_seconds=1.5,
+            accepted_wall=now,
+            finished=now,
+        )
+    )
     failed = TaskStats("dev-1", "failing", 60.0, 600.0)
-    failed.record(ProbeResult(device="dev-1", task="failing", token="y", started=now - 1, reason=Reason.AUTH,
-                              failed_phase="mailbox_login", finished=now))
+    failed.record(
+        ProbeResult(
+            device="dev-1",
+            task="failing",
+            token="y",
+            started=now - 1,
+            reason=Reason.AUTH,
+            failed_phase="mailbox_login",
+            finished=now,
+        )
+    )
     return [ok, failed]
 
 
 def samples(families: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in families for s in family.samples}  # type: ignore[attr-defined]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in families for s in family.samples}  # type: ignore[attr-defined]
 
 
 def test_text_and_openmetrics_agree() -> None:
@@ -66,6 +85,8 @@ def test_thousand_tasks_render() -> None:
     started = time.perf_counter()
     assert render_tasks(many, openmetrics=False) == body
     warm = time.perf_counter() - started
-    print(f"\n1,000 tasks: {len(body.splitlines())} lines, {len(body) / 1e6:.1f} MB, "
-          f"first render {cold * 1000:.0f} ms, unchanged tasks {warm * 1000:.1f} ms")
+    print(
+        f"\n1,000 tasks: {len(body.splitlines())} lines, {len(body) / 1e6:.1f} MB, "
+        f"first render {cold * 1000:.0f} ms, unchanged tasks {warm * 1000:.1f} ms"
+    )
     assert sum(1 for _ in parse_text(body)) > 10

@@ -227,9 +227,15 @@ async def test_letter_expunged_between_uidl_and_top_is_skipped() -> None:
     async def handler(peer: Peer) -> None:
         await peer.send(b"+OK\r\n")
         # The newest letter first: LIST 2, TOP 2, then LIST 1 and TOP 1.
-        replies = (b"+OK\r\n", b"+OK\r\n", b"+OK\r\n1 gone\r\n2 mine\r\n.\r\n", b"+OK 2 900\r\n",
-                   b"+OK\r\n" + ours.split(b"\r\n\r\n")[0] + b"\r\n\r\n.\r\n", b"+OK 1 500\r\n",
-                   b"-ERR Message 1 expunged.\r\n")
+        replies = (
+            b"+OK\r\n",
+            b"+OK\r\n",
+            b"+OK\r\n1 gone\r\n2 mine\r\n.\r\n",
+            b"+OK 2 900\r\n",
+            b"+OK\r\n" + ours.split(b"\r\n\r\n")[0] + b"\r\n\r\n.\r\n",
+            b"+OK 1 500\r\n",
+            b"-ERR Message 1 expunged.\r\n",
+        )
         for reply in replies:
             await peer.line()
             await peer.send(reply)

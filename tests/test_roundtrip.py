@@ -191,8 +191,16 @@ def test_once_cli_prints_report(rig: MailRig, users: tuple[str, ...], tmp_path: 
     config = tmp_path / "config.yml"
     config.write_text(yaml.safe_dump({"devices": [{"name": "rig", "tasks": [good, pop]}]}))
     config_of(good, pop)  # valid as written
-    run = [sys.executable, "-m", "exporter", "--once", "--config.file", str(config),
-           "--signing.key-file", str(tmp_path / "key")]
+    run = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--once",
+        "--config.file",
+        str(config),
+        "--signing.key-file",
+        str(tmp_path / "key"),
+    ]
     done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "== rig/imap-ok: OK" in done.stdout and "== rig/pop3-ok: OK" in done.stdout

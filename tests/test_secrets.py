@@ -75,8 +75,17 @@ def leaky_tasks(rig: MailRig) -> list[dict[str, Any]]:
     ]
 
 
-WRONG = ("smtp-starttls-wrong", "smtps-wrong", "imaps-wrong", "imap-starttls-wrong", "pop3s-wrong", "pop3-stls-wrong",
-         "smtp-quoted-wrong", "imap-quoted-wrong", "pop3-quoted-wrong")
+WRONG = (
+    "smtp-starttls-wrong",
+    "smtps-wrong",
+    "imaps-wrong",
+    "imap-starttls-wrong",
+    "pop3s-wrong",
+    "pop3-stls-wrong",
+    "smtp-quoted-wrong",
+    "imap-quoted-wrong",
+    "pop3-quoted-wrong",
+)
 RIGHT = ("imap-ok", "pop3-ok")
 
 
@@ -105,8 +114,9 @@ def write_config(path: Path, tasks: list[dict[str, Any]], interval: str = "3s") 
 
 
 def fetch(url: str, method: str = "GET", accept: str = "") -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
-                                     headers={"Accept": accept} if accept else {})
+    request = urllib.request.Request(
+        url, method=method, data=b"" if method == "POST" else None, headers={"Accept": accept} if accept else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
@@ -118,15 +128,31 @@ def fetch(url: str, method: str = "GET", accept: str = "") -> tuple[int, str]:
 
 
 @pytest.fixture
-def served(rig: MailRig, users: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
-        tuple[subprocess.Popen[str], str, Path]]:
+def served(
+    rig: MailRig, users: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
     config = tmp_path / "config.yml"
     write_config(config, leaky_tasks(rig))
     port = free_ports(1)[0]
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}",
-         "--signing.key-file", str(tmp_path / "key"), "--log.level", "debug", "--log.format", request.param],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--signing.key-file",
+            str(tmp_path / "key"),
+            "--log.level",
+            "debug",
+            "--log.format",
+            request.param,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     yield process, url, config
@@ -153,9 +179,7 @@ def _probes_done(url: str) -> bool:
 
 
 @pytest.mark.parametrize("served", ["logfmt", "json"], indirect=True)
-def test_served_exporter_never_shows_a_password(
-    rig: MailRig, served: tuple[subprocess.Popen[str], str, Path]
-) -> None:
+def test_served_exporter_never_shows_a_password(rig: MailRig, served: tuple[subprocess.Popen[str], str, Path]) -> None:
     process, url, config = served
     wait_for(lambda: _probes_done(url), DEADLINE, "every task to finish a probe")
     pages = {path: fetch(url + path)[1] for path in ("/metrics", "/", "/-/healthy")}
@@ -169,7 +193,7 @@ def test_served_exporter_never_shows_a_password(
     assert status == 500 and "password: must be a string, got a list" in pages["bad reload"]
     config.write_text(good)
     process.send_signal(signal.SIGHUP)
-    wait_for(lambda: 'config_last_reload_successful 1.0' in fetch(url + "/metrics")[1], 30, "the good reload")
+    wait_for(lambda: "config_last_reload_successful 1.0" in fetch(url + "/metrics")[1], 30, "the good reload")
 
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=30)
@@ -200,9 +224,24 @@ def test_once_report_never_shows_a_password(
     config = tmp_path / "config.yml"
     write_config(config, leaky_tasks(rig))
     result = subprocess.run(
-        [sys.executable, "-m", "exporter", "--config.file", str(config), "--once", "--signing.key-file",
-         str(tmp_path / "key"), "--log.level", "debug", "--log.format", log_format],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(config),
+            "--once",
+            "--signing.key-file",
+            str(tmp_path / "key"),
+            "--log.level",
+            "debug",
+            "--log.format",
+            log_format,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == cli.EXIT_PROBE_FAILED, result.stdout + result.stderr
     for name in WRONG:
@@ -268,7 +307,8 @@ MALFORMED_PASSWORDS: list[Any] = [
 
 def _base_task() -> dict[str, Any]:
     return {
-        "name": "t", "destination": "probe@example.test",
+        "name": "t",
+        "destination": "probe@example.test",
         "smtp": {"host": "smtp.example.test", "user": "u@example.test", "password": "ok"},
         "incoming": {"protocol": "imap", "host": "imap.example.test", "user": "u", "password": "ok"},
     }
@@ -290,11 +330,14 @@ def test_loader_errors_never_echo_a_malformed_password(leg: str, password: Any) 
     assert "leak-canary" not in message, message
 
 
-@pytest.mark.parametrize("change", [
-    {"user": None},  # a password but no user
-    {"password_env": "SOME_VAR"},  # two sources
-    {"passwrod": CANARY},  # a typo next to the password
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"user": None},  # a password but no user
+        {"password_env": "SOME_VAR"},  # two sources
+        {"passwrod": CANARY},  # a typo next to the password
+    ],
+)
 def test_loader_errors_around_a_password(change: dict[str, Any]) -> None:
     task = _base_task()
     task["smtp"]["password"] = CANARY
@@ -305,8 +348,9 @@ def test_loader_errors_around_a_password(change: dict[str, Any]) -> None:
     assert "smtp" in message and "leak-canary" not in message, message
 
 
-@pytest.mark.parametrize("value", [f"'{CANARY}", f"@{CANARY}", f'"\\q{CANARY}"', f"{CANARY}: x", f"[{CANARY}",
-                                   f"*{CANARY}", f"!{CANARY} x"])
+@pytest.mark.parametrize(
+    "value", [f"'{CANARY}", f"@{CANARY}", f'"\\q{CANARY}"', f"{CANARY}: x", f"[{CANARY}", f"*{CANARY}", f"!{CANARY} x"]
+)
 def test_yaml_errors_never_echo_a_password(tmp_path: Path, value: str) -> None:
     """Syntax errors, and undefined aliases and unknown tags (which PyYAML quotes in its message)."""
     path = tmp_path / "config.yml"

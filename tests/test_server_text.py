@@ -59,14 +59,25 @@ def test_every_error_message_is_sanitised() -> None:
 
 def result_with(text: str) -> ProbeResult:
     """A result carrying raw hostile text, as if the source had not sanitised it."""
-    return ProbeResult(device="rig", task="t", token="mrt-x", started=0.0, reason=Reason.PROTOCOL,
-                       error=text, smtp_reply=text, smtp_address=text, mailbox_address=text)
+    return ProbeResult(
+        device="rig",
+        task="t",
+        token="mrt-x",
+        started=0.0,
+        reason=Reason.PROTOCOL,
+        error=text,
+        smtp_reply=text,
+        smtp_address=text,
+        mailbox_address=text,
+    )
 
 
 def test_report_keeps_server_text_on_its_lines() -> None:
     report = render_report([result_with(HOSTILE + FORGED + "x" * 5000), result_with(FORGED)])
     assert [line for line in report.splitlines() if line.startswith("==")] == [
-        "== rig/t: FAILED (protocol)", "== rig/t: FAILED (protocol)"]
+        "== rig/t: FAILED (protocol)",
+        "== rig/t: FAILED (protocol)",
+    ]
     assert all(safe_line(line) and len(line) < MESSAGE_LIMIT + 50 for line in report.splitlines())
 
 

@@ -21,14 +21,16 @@ def foreign_letters() -> list[bytes]:
     letters = []
     for i in range(FOREIGN_PER_KIND):
         letters.append(f"From: a@example.test\r\nSubject: hello {i}\r\n\r\nordinary letter {i}\r\n".encode())
-        letters.append(build_letter(Signer(b"another-install").new_token(), "x@example.test", "y@example.test",
-                                    "d", f"t{i}"))
+        letters.append(
+            build_letter(Signer(b"another-install").new_token(), "x@example.test", "y@example.test", "d", f"t{i}")
+        )
         ours = build_letter(SIGNER.new_token(), "x@example.test", "y@example.test", "d", f"t{i}")
         token = ours.split(b"X-Mail-Roundtrip-Probe: ")[1][:51]
         letters.append(ours.replace(token, token[:-6] + b"000000"))  # our shape, broken signature
         letters.append(
             b"From: a@example.test\r\nSubject: [mail-roundtrip-exporter] test letter mrt-1700000000-"
-            + f"{i:016x}".encode() + b"-00000000000000000000\r\nX-Mail-Roundtrip-Probe: forged\r\n\r\nmimic\r\n"
+            + f"{i:016x}".encode()
+            + b"-00000000000000000000\r\nX-Mail-Roundtrip-Probe: forged\r\n\r\nmimic\r\n"
         )
     return letters
 
@@ -36,8 +38,7 @@ def foreign_letters() -> list[bytes]:
 def leftovers_of_earlier_runs(count: int) -> list[bytes]:
     """Signed with our key, older than any probe could wait for: the sweep removes them."""
     old = time.time() - SWEEP_AGE - 600
-    return [build_letter(SIGNER.new_token(now=old), "x@example.test", "y@example.test", "d", "t")
-            for _ in range(count)]
+    return [build_letter(SIGNER.new_token(now=old), "x@example.test", "y@example.test", "d", "t") for _ in range(count)]
 
 
 @pytest.mark.parametrize("mailbox", ["imaps", "pop3s"])
@@ -60,5 +61,7 @@ async def test_soak_foreign_letters_survive(rig: MailRig, mailbox: str) -> None:
     remaining = sorted(path.read_bytes() for path in rig.messages(user))
     assert remaining == sorted(originals), "a foreign letter was changed or deleted, or a probe letter was left"
     assert swept == 5
-    print(f"\nsoak {mailbox}: {len(originals)} foreign letters, {PROBES_PER_PROTOCOL} probes in {elapsed:.1f}s, "
-          f"{swept} leftovers swept, {len(remaining)} foreign letters intact")
+    print(
+        f"\nsoak {mailbox}: {len(originals)} foreign letters, {PROBES_PER_PROTOCOL} probes in {elapsed:.1f}s, "
+        f"{swept} leftovers swept, {len(remaining)} foreign letters intact"
+    )

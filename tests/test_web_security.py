@@ -54,19 +54,64 @@ def _openssl(*args: str | Path) -> None:
 
 def _ca(directory: Path, name: str) -> tuple[Path, Path]:
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-             "-subj", f"/CN={name}", "-keyout", key, "-out", cert,
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    )
     return cert, key
 
 
 def _issue(directory: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
     cert, key, csr, ext = (directory / f"{name}{suffix}" for suffix in (".crt", ".key", ".csr", ".ext"))
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
-             "-keyout", key, "-out", csr)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        key,
+        "-out",
+        csr,
+    )
     ext.write_text(extensions)
-    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-days", "2",
-             "-extfile", ext, "-out", cert)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca[0],
+        "-CAkey",
+        ca[1],
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        ext,
+        "-out",
+        cert,
+    )
     return cert, key
 
 
@@ -86,10 +131,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 def write_config(directory: Path) -> Path:
     closed = free_ports(1)[0]  # nothing listens here: probes fail with reason connect, which is fine
     task = {
-        "name": "t", "destination": "probe@example.test",
+        "name": "t",
+        "destination": "probe@example.test",
         "smtp": {"host": f"127.0.0.1:{closed}", "security": "none"},
-        "incoming": {"protocol": "pop3", "host": f"127.0.0.1:{closed}", "security": "none",
-                     "user": "u", "password": "p"},
+        "incoming": {
+            "protocol": "pop3",
+            "host": f"127.0.0.1:{closed}",
+            "security": "none",
+            "user": "u",
+            "password": "p",
+        },
     }
     path = directory / "config.yml"
     path.write_text(yaml.safe_dump({"devices": [{"name": "d", "interval": "1h", "tasks": [task]}]}))
@@ -114,8 +165,13 @@ def client_context(pki: PKI, cert: tuple[Path, Path] | None = None) -> ssl.SSLCo
     return context
 
 
-def get(exporter: Exporter, path: str = "/metrics", *, context: ssl.SSLContext | None = None,
-        auth: tuple[str, str] | None = (USER, PASSWORD)) -> tuple[int, dict[str, str], str]:
+def get(
+    exporter: Exporter,
+    path: str = "/metrics",
+    *,
+    context: ssl.SSLContext | None = None,
+    auth: tuple[str, str] | None = (USER, PASSWORD),
+) -> tuple[int, dict[str, str], str]:
     """One request on a fresh connection: status, headers, body."""
     headers = {}
     if auth is not None:
@@ -134,14 +190,25 @@ def get(exporter: Exporter, path: str = "/metrics", *, context: ssl.SSLContext |
 
 
 def start(tmp_path: Path, web_config: dict[str, Any] | None, ready: Callable[[Exporter], object]) -> Exporter:
-    args = [sys.executable, "-m", "exporter", "--config.file", str(write_config(tmp_path)),
-            "--signing.key-file", str(tmp_path / "key")]
+    args = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config.file",
+        str(write_config(tmp_path)),
+        "--signing.key-file",
+        str(tmp_path / "key"),
+    ]
     if web_config is not None:
         (tmp_path / "web.yml").write_text(yaml.safe_dump(web_config))
         args += ["--web.config.file", str(tmp_path / "web.yml")]
     port = free_ports(1)[0]
-    process = subprocess.Popen([*args, "--web.listen-address", f"127.0.0.1:{port}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [*args, "--web.listen-address", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     exporter = Exporter(process, port, tls=web_config is not None and "tls_server_config" in web_config)
 
     def answers() -> bool:
@@ -179,10 +246,14 @@ def tls_auth(pki: PKI, tmp_path: Path) -> Iterator[Exporter]:
 
 @pytest.fixture
 def mtls(pki: PKI, tmp_path: Path) -> Iterator[Exporter]:
-    web_config = {"tls_server_config": {
-        "cert_file": str(pki.server_cert), "key_file": str(pki.server_key),
-        "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": str(pki.ca),
-    }}
+    web_config = {
+        "tls_server_config": {
+            "cert_file": str(pki.server_cert),
+            "key_file": str(pki.server_key),
+            "client_auth_type": "RequireAndVerifyClientCert",
+            "client_ca_file": str(pki.ca),
+        }
+    }
     with_cert = client_context(pki, (pki.client_cert, pki.client_key))
     exporter = start(tmp_path, web_config, lambda e: get(e, "/-/ready", context=with_cert, auth=None))
     yield exporter
@@ -215,8 +286,13 @@ def test_plain_http_to_the_tls_port_gets_no_http_answer(tls_auth: Exporter) -> N
 
 
 def test_tls13_only(pki: PKI, tmp_path: Path) -> None:
-    web_config = {"tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key),
-                                        "min_version": "TLS13"}}
+    web_config = {
+        "tls_server_config": {
+            "cert_file": str(pki.server_cert),
+            "key_file": str(pki.server_key),
+            "min_version": "TLS13",
+        }
+    }
     exporter = start(tmp_path, web_config, lambda e: get(e, "/-/ready", context=client_context(pki), auth=None))
     try:
         old = client_context(pki)
@@ -228,14 +304,20 @@ def test_tls13_only(pki: PKI, tmp_path: Path) -> None:
 
 
 def test_cipher_suites_are_applied_to_tls12(pki: PKI, tmp_path: Path) -> None:
-    web_config = {"tls_server_config": {
-        "cert_file": str(pki.server_cert), "key_file": str(pki.server_key), "max_version": "TLS12",
-        "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"],
-    }}
+    web_config = {
+        "tls_server_config": {
+            "cert_file": str(pki.server_cert),
+            "key_file": str(pki.server_key),
+            "max_version": "TLS12",
+            "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"],
+        }
+    }
     exporter = start(tmp_path, web_config, lambda e: get(e, "/-/ready", context=client_context(pki), auth=None))
     try:
-        with socket.create_connection(("127.0.0.1", exporter.port), timeout=10) as raw, \
-                client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with (
+            socket.create_connection(("127.0.0.1", exporter.port), timeout=10) as raw,
+            client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
             assert tls.version() == "TLSv1.2"
             cipher = tls.cipher()
             assert cipher is not None and cipher[0] == "ECDHE-ECDSA-AES256-GCM-SHA384"
@@ -280,10 +362,16 @@ def test_basic_auth_protects_every_path(pki: PKI, tls_auth: Exporter, path: str)
     assert get(tls_auth, path, context=client_context(pki), auth=None)[0] == 401
 
 
-@pytest.mark.parametrize("header", [
-    "Bearer abc", "Basic", "Basic !!!notbase64", "Basic " + base64.b64encode(b"no-colon").decode(),
-    "Basic " + base64.b64encode(f"{USER}:{'x' * 100}".encode()).decode(),  # past bcrypt's 72 bytes
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer abc",
+        "Basic",
+        "Basic !!!notbase64",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        "Basic " + base64.b64encode(f"{USER}:{'x' * 100}".encode()).decode(),  # past bcrypt's 72 bytes
+    ],
+)
 async def test_malformed_authorization_is_refused(header: str) -> None:
     assert not await BasicAuth({USER: HASH.encode()}).check(header)
 
@@ -315,8 +403,9 @@ async def test_bcrypt_does_not_block_the_event_loop(monkeypatch: pytest.MonkeyPa
         return checkpw(password, hashed)
 
     monkeypatch.setattr(bcrypt, "checkpw", held)
-    check = asyncio.create_task(BasicAuth({USER: HASH.encode()}).check(
-        "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()))
+    check = asyncio.create_task(
+        BasicAuth({USER: HASH.encode()}).check("Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+    )
     for _ in range(5):
         await asyncio.sleep(0)
     assert not check.done()
@@ -367,47 +456,112 @@ BAD: list[tuple[str, dict[str, Any] | str, str]] = [
     ("yaml", "tls_server_config: [\n", "line 2, column 1"),
     ("no-key", {"tls_server_config": {"cert_file": "{cert}"}}, "tls_server_config.key_file: is required"),
     ("no-cert", {"tls_server_config": {"key_file": "{key}"}}, "tls_server_config.cert_file: is required"),
-    ("missing-cert", {"tls_server_config": {"cert_file": "/nonexistent/x.crt", "key_file": "{key}"}},
-     "tls_server_config.cert_file: file '/nonexistent/x.crt' does not exist"),
-    ("garbage-cert", {"tls_server_config": {"cert_file": "{garbage}", "key_file": "{key}"}},
-     "tls_server_config.cert_file: cannot load certificate and key"),
-    ("wrong-key", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{client_key}"}},
-     "tls_server_config.cert_file: cannot load certificate and key"),
-    ("inline-cert", {"tls_server_config": {"cert": "-----BEGIN", "key_file": "{key}"}},
-     "tls_server_config.cert: inline certificates are not supported"),
-    ("tls-unknown", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "foo": 1}},
-     "tls_server_config: unknown key 'foo'"),
-    ("client-auth", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "client_auth_type": "Yes"}},
-     "tls_server_config.client_auth_type: must be one of"),
-    ("require-any", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}",
-                                           "client_auth_type": "RequireAnyClientCert"}},
-     "tls_server_config.client_auth_type: is not supported"),
-    ("verify-no-ca", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}",
-                                            "client_auth_type": "RequireAndVerifyClientCert"}},
-     "tls_server_config.client_ca_file: is required with client_auth_type RequireAndVerifyClientCert"),
-    ("ca-without-auth", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "client_ca_file": "{ca}"}},
-     "tls_server_config.client_ca_file: is given but client_auth_type is NoClientCert"),
-    ("min-version", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "min_version": "TLS99"}},
-     "tls_server_config.min_version: must be one of TLS10|TLS11|TLS12|TLS13, got 'TLS99'"),
-    ("max-below-min", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "min_version": "TLS13",
-                                             "max_version": "TLS12"}},
-     "tls_server_config.max_version: is lower than min_version"),
-    ("cipher", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}",
-                                      "cipher_suites": ["TLS_RSA_WITH_RC4_128_SHA"]}},
-     "tls_server_config.cipher_suites[0]: unknown or insecure cipher suite 'TLS_RSA_WITH_RC4_128_SHA'"),
-    ("cipher-type", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "cipher_suites": [{"a": 1}]}},
-     "tls_server_config.cipher_suites[0]: unknown or insecure cipher suite {'a': 1}"),
-    ("prefer", {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}",
-                                      "prefer_server_cipher_suites": "maybe"}},
-     "tls_server_config.prefer_server_cipher_suites: must be true/false"),
-    ("header", {"http_server_config": {"headers": {"X-Powered-By": "me"}}},
-     "http_server_config.headers: HTTP header 'X-Powered-By' cannot be configured"),
-    ("header-value", {"http_server_config": {"headers": {"X-Frame-Options": "allow"}}},
-     "http_server_config.headers.X-Frame-Options: must be one of deny|sameorigin"),
+    (
+        "missing-cert",
+        {"tls_server_config": {"cert_file": "/nonexistent/x.crt", "key_file": "{key}"}},
+        "tls_server_config.cert_file: file '/nonexistent/x.crt' does not exist",
+    ),
+    (
+        "garbage-cert",
+        {"tls_server_config": {"cert_file": "{garbage}", "key_file": "{key}"}},
+        "tls_server_config.cert_file: cannot load certificate and key",
+    ),
+    (
+        "wrong-key",
+        {"tls_server_config": {"cert_file": "{cert}", "key_file": "{client_key}"}},
+        "tls_server_config.cert_file: cannot load certificate and key",
+    ),
+    (
+        "inline-cert",
+        {"tls_server_config": {"cert": "-----BEGIN", "key_file": "{key}"}},
+        "tls_server_config.cert: inline certificates are not supported",
+    ),
+    (
+        "tls-unknown",
+        {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "foo": 1}},
+        "tls_server_config: unknown key 'foo'",
+    ),
+    (
+        "client-auth",
+        {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "client_auth_type": "Yes"}},
+        "tls_server_config.client_auth_type: must be one of",
+    ),
+    (
+        "require-any",
+        {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "client_auth_type": "RequireAnyClientCert"}},
+        "tls_server_config.client_auth_type: is not supported",
+    ),
+    (
+        "verify-no-ca",
+        {
+            "tls_server_config": {
+                "cert_file": "{cert}",
+                "key_file": "{key}",
+                "client_auth_type": "RequireAndVerifyClientCert",
+            }
+        },
+        "tls_server_config.client_ca_file: is required with client_auth_type RequireAndVerifyClientCert",
+    ),
+    (
+        "ca-without-auth",
+        {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "client_ca_file": "{ca}"}},
+        "tls_server_config.client_ca_file: is given but client_auth_type is NoClientCert",
+    ),
+    (
+        "min-version",
+        {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "min_version": "TLS99"}},
+        "tls_server_config.min_version: must be one of TLS10|TLS11|TLS12|TLS13, got 'TLS99'",
+    ),
+    (
+        "max-below-min",
+        {
+            "tls_server_config": {
+                "cert_file": "{cert}",
+                "key_file": "{key}",
+                "min_version": "TLS13",
+                "max_version": "TLS12",
+            }
+        },
+        "tls_server_config.max_version: is lower than min_version",
+    ),
+    (
+        "cipher",
+        {
+            "tls_server_config": {
+                "cert_file": "{cert}",
+                "key_file": "{key}",
+                "cipher_suites": ["TLS_RSA_WITH_RC4_128_SHA"],
+            }
+        },
+        "tls_server_config.cipher_suites[0]: unknown or insecure cipher suite 'TLS_RSA_WITH_RC4_128_SHA'",
+    ),
+    (
+        "cipher-type",
+        {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "cipher_suites": [{"a": 1}]}},
+        "tls_server_config.cipher_suites[0]: unknown or insecure cipher suite {'a': 1}",
+    ),
+    (
+        "prefer",
+        {"tls_server_config": {"cert_file": "{cert}", "key_file": "{key}", "prefer_server_cipher_suites": "maybe"}},
+        "tls_server_config.prefer_server_cipher_suites: must be true/false",
+    ),
+    (
+        "header",
+        {"http_server_config": {"headers": {"X-Powered-By": "me"}}},
+        "http_server_config.headers: HTTP header 'X-Powered-By' cannot be configured",
+    ),
+    (
+        "header-value",
+        {"http_server_config": {"headers": {"X-Frame-Options": "allow"}}},
+        "http_server_config.headers.X-Frame-Options: must be one of deny|sameorigin",
+    ),
     ("http-unknown", {"http_server_config": {"keepalive": True}}, "http_server_config: unknown key 'keepalive'"),
     ("users-list", {"basic_auth_users": ["alice"]}, "basic_auth_users: must be a mapping, got a list"),
-    ("plain-password", {"basic_auth_users": {"alice": "hunter2-plain"}},
-     "basic_auth_users.alice: must be a bcrypt hash"),
+    (
+        "plain-password",
+        {"basic_auth_users": {"alice": "hunter2-plain"}},
+        "basic_auth_users.alice: must be a bcrypt hash",
+    ),
     ("colon-user", {"basic_auth_users": {"a:b": HASH}}, "basic_auth_users.a:b: a basic auth user name cannot"),
 ]
 
@@ -415,8 +569,13 @@ BAD: list[tuple[str, dict[str, Any] | str, str]] = [
 def _write_bad(tmp_path: Path, pki: PKI, content: dict[str, Any] | str) -> Path:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
-    files = {"cert": pki.server_cert, "key": pki.server_key, "client_key": pki.client_key, "ca": pki.ca,
-             "garbage": garbage}
+    files = {
+        "cert": pki.server_cert,
+        "key": pki.server_key,
+        "client_key": pki.client_key,
+        "ca": pki.ca,
+        "garbage": garbage,
+    }
     text = content if isinstance(content, str) else yaml.safe_dump(content)
     for name, path in files.items():
         text = text.replace("{" + name + "}", str(path))
@@ -430,8 +589,17 @@ def test_bad_web_config_is_a_usage_error(
     pki: PKI, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: dict[str, Any] | str, expected: str
 ) -> None:
     path = _write_bad(tmp_path, pki, content)
-    code = cli.main(["--config.file", str(write_config(tmp_path)), "--web.config.file", str(path),
-                     "--signing.key-file", str(tmp_path / "key"), "--config.check"])
+    code = cli.main(
+        [
+            "--config.file",
+            str(write_config(tmp_path)),
+            "--web.config.file",
+            str(path),
+            "--signing.key-file",
+            str(tmp_path / "key"),
+            "--config.check",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == cli.EXIT_USAGE, err
     assert "\n" not in err and err.startswith(f"error: {path}: ") and expected in err, err
@@ -442,9 +610,23 @@ def test_bad_web_config_as_a_process(pki: PKI, tmp_path: Path) -> None:
     path = _write_bad(tmp_path, pki, {"tls_server_config": {"cert_file": "/nonexistent/x.crt", "key_file": "{key}"}})
     listen = f"127.0.0.1:{free_ports(1)[0]}"
     result = subprocess.run(
-        [sys.executable, "-m", "exporter", "--config.file", str(write_config(tmp_path)), "--web.config.file",
-         str(path), "--signing.key-file", str(tmp_path / "key"), "--web.listen-address", listen],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(write_config(tmp_path)),
+            "--web.config.file",
+            str(path),
+            "--signing.key-file",
+            str(tmp_path / "key"),
+            "--web.listen-address",
+            listen,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -452,8 +634,15 @@ def test_bad_web_config_as_a_process(pki: PKI, tmp_path: Path) -> None:
 
 
 def test_missing_web_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["--config.file", str(write_config(tmp_path)), "--web.config.file", str(tmp_path / "nope.yml"),
-                     "--config.check"])
+    code = cli.main(
+        [
+            "--config.file",
+            str(write_config(tmp_path)),
+            "--web.config.file",
+            str(tmp_path / "nope.yml"),
+            "--config.check",
+        ]
+    )
     assert code == cli.EXIT_USAGE
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.yml'}: cannot read: No such file or directory"
 
@@ -462,8 +651,9 @@ def test_relative_paths_are_relative_to_the_web_config(pki: PKI, tmp_path: Path)
     for source, name in [(pki.server_cert, "s.crt"), (pki.server_key, "s.key")]:
         (tmp_path / name).write_bytes(source.read_bytes())
     path = tmp_path / "web.yml"
-    path.write_text("tls_server_config:\n  cert_file: s.crt\n  key_file: s.key\nbasic_auth_users:\n"
-                    f"  {USER}: '{HASH}'\n")
+    path.write_text(
+        f"tls_server_config:\n  cert_file: s.crt\n  key_file: s.key\nbasic_auth_users:\n  {USER}: '{HASH}'\n"
+    )
     config = load_web_config(path)
     assert config.ssl_context is not None and set(config.users) == {USER}
     assert HASH not in repr(config)
