@@ -12,15 +12,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from exporter import __version__, keys, logs
-from exporter.config import Config, describe_failure, load_config, split_host_port
-from exporter.dns import DeviceRun
-from exporter.errors import MESSAGE_LIMIT, server_text
-from exporter.message import Signer
-from exporter.probe import PHASES, ProbeResult, run_probe
+from exporter import __version__, logs
+from exporter.config.load import Config, describe_failure, load_config, split_host_port
+from exporter.letter import keys
+from exporter.letter.recognise import Signer
+from exporter.net.resolve import DeviceRun
+from exporter.probe.errors import MESSAGE_LIMIT, server_text
+from exporter.probe.roundtrip import PHASES, ProbeResult, run_probe
 from exporter.service import Exporter, warn_unverified
-from exporter.web import make_app
-from exporter.webconfig import WebConfig, load_web_config
+from exporter.web.app import make_app
+from exporter.web.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
 DEFAULT_LISTEN = ":9925"

@@ -15,12 +15,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from exporter.config import Config, DeviceConfig, TaskConfig
-from exporter.dns import DeviceRun, ResolverCache
-from exporter.mailbox import FoundLetter
-from exporter.message import Signer
-from exporter.metrics import TaskStats
-from exporter.probe import Mailbox, ProbeResult, run_probe
+from exporter.config.load import Config, DeviceConfig, TaskConfig
+from exporter.exposition.stats import TaskStats
+from exporter.legs.mailbox import FoundLetter
+from exporter.letter.recognise import Signer
+from exporter.net.resolve import DeviceRun, ResolverCache
+from exporter.probe.roundtrip import Mailbox, ProbeResult, run_probe
 
 log = logging.getLogger(__name__)
 

@@ -51,13 +51,13 @@ if str(REPO) not in sys.path:
 import aioimaplib  # noqa: E402
 import yaml  # noqa: E402
 
-from exporter import imap  # noqa: E402
-from exporter.config import parse_config  # noqa: E402
-from exporter.dns import DeviceRun  # noqa: E402
-from exporter.mailbox import MailboxSession  # noqa: E402
-from exporter.message import Signer, build_letter  # noqa: E402
-from exporter.net import PhaseClock  # noqa: E402
-from exporter.probe import Mailbox, ProbeResult, Resolve, run_probe  # noqa: E402
+from exporter.config.load import parse_config  # noqa: E402
+from exporter.legs import imap  # noqa: E402
+from exporter.legs.mailbox import MailboxSession  # noqa: E402
+from exporter.letter.recognise import Signer, build_letter  # noqa: E402
+from exporter.net.connect import PhaseClock  # noqa: E402
+from exporter.net.resolve import DeviceRun  # noqa: E402
+from exporter.probe.roundtrip import Mailbox, ProbeResult, Resolve, run_probe  # noqa: E402
 from exporter.scheduler import spread  # noqa: E402
 from tests.rig import MailRig  # noqa: E402
 

@@ -21,8 +21,8 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from exporter import net
-from exporter.errors import ConnectFailure
+from exporter.net import connect as net
+from exporter.probe.errors import ConnectFailure
 
 Handler = Callable[["Peer"], Awaitable[None]]
 

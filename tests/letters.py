@@ -7,7 +7,7 @@ import base64
 from collections.abc import Callable
 from email.utils import formatdate
 
-from exporter.message import Signer, Token, build_letter
+from exporter.letter.recognise import Signer, Token, build_letter
 
 PROBE_FROM = "probe@example.test"
 PROBE_TO = "box@example.test"

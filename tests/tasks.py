@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.config import Config, TaskConfig, parse_config
-from exporter.dns import DeviceRun
-from exporter.message import Signer
-from exporter.probe import Mailbox, ProbeResult, run_probe
+from exporter.config.load import Config, TaskConfig, parse_config
+from exporter.letter.recognise import Signer
+from exporter.net.resolve import DeviceRun
+from exporter.probe.roundtrip import Mailbox, ProbeResult, run_probe
 from tests.rig import MailRig
 
 # SMTP legs of the rig: (port attribute, security, with AUTH)

@@ -26,10 +26,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import config as config_module
-from exporter import keys
-from exporter.config import ConfigError, load_config, parse_config
-from exporter.message import Signer
+from exporter.config import load as config_module
+from exporter.config.load import ConfigError, load_config, parse_config
+from exporter.letter import keys
+from exporter.letter.recognise import Signer
 from exporter.service import Exporter
 from tests.rig import free_ports, wait_for
 

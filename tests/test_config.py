@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.config import (
+from exporter.config.load import (
     ConfigError,
     DNSMode,
     Protocol,

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from exporter.errors import Reason
-from exporter.imap import HEADER_BYTES
-from exporter.mailbox import EXAMINE_BATCH
-from exporter.probe import SWEEP_AGE, Mailbox
+from exporter.legs.imap import HEADER_BYTES
+from exporter.legs.mailbox import EXAMINE_BATCH
+from exporter.probe.errors import Reason
+from exporter.probe.roundtrip import SWEEP_AGE, Mailbox
 from tests import letters
 from tests.hostile import Traffic, proxy, serve
 from tests.rig import MailRig

@@ -19,9 +19,9 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.errors import Reason
-from exporter.metrics import ReloadStatus, SelfCollector, TaskStats, render_tasks
-from exporter.probe import PHASES, ProbeResult
+from exporter.exposition.stats import ReloadStatus, SelfCollector, TaskStats, render_tasks
+from exporter.probe.errors import Reason
+from exporter.probe.roundtrip import PHASES, ProbeResult
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "mail-roundtrip.json"

@@ -16,12 +16,12 @@ from typing import Any
 import dns.rcode
 import pytest
 
-from exporter import net
-from exporter.config import DeviceConfig, DNSMode, parse_config
-from exporter.dns import DeviceRun, Resolution, ResolverCache
-from exporter.errors import DNSFailure, Reason
-from exporter.message import Signer
-from exporter.probe import ProbeResult, connect_leg, run_probe
+from exporter.config.load import DeviceConfig, DNSMode, parse_config
+from exporter.letter.recognise import Signer
+from exporter.net import connect as net
+from exporter.net.resolve import DeviceRun, Resolution, ResolverCache
+from exporter.probe.errors import DNSFailure, Reason
+from exporter.probe.roundtrip import ProbeResult, connect_leg, run_probe
 from tests.dnsserver import DNSServer
 from tests.rig import MailRig
 

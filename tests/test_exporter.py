@@ -19,8 +19,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.dns import DeviceRun
-from exporter.errors import Reason
+from exporter.net.resolve import DeviceRun
+from exporter.probe.errors import Reason
 from exporter.scheduler import TaskRunner
 from tests.rig import MailRig, free_ports, wait_for
 from tests.tasks import SIGNER, config_of, task_dict

@@ -31,9 +31,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.dns import DeviceRun
-from exporter.errors import Reason
-from exporter.probe import Mailbox, ProbeResult, run_probe
+from exporter.net.resolve import DeviceRun
+from exporter.probe.errors import Reason
+from exporter.probe.roundtrip import Mailbox, ProbeResult, run_probe
 from tests.dnsserver import DNSServer
 from tests.hostile import Handler, HostileServer, Peer, Switch, drip, proxy, serve, tarpit
 from tests.rig import DOVEADM, MailRig, _pid_alive, _processes, free_ports

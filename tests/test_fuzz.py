@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import ConfigError, load_config, parse_config
-from exporter.errors import ProbeError
-from exporter.imap import ImapSession, _internaldate
-from exporter.message import is_delivery_report, recognise
-from exporter.pop3 import Pop3Client, received_time
+from exporter.config.load import ConfigError, load_config, parse_config
+from exporter.legs.imap import ImapSession, _internaldate
+from exporter.legs.pop3 import Pop3Client, received_time
+from exporter.letter.recognise import is_delivery_report, recognise
+from exporter.probe.errors import ProbeError
 from tests.tasks import SIGNER
 
 KEYS = [

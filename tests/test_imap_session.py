@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from exporter import imap, net
-from exporter.config import IncomingConfig, Protocol, Secret, Security, TLSOptions
-from exporter.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
-from exporter.mailbox import LetterMemo
-from exporter.message import Signer, Token, build_letter
+from exporter.config.load import IncomingConfig, Protocol, Secret, Security, TLSOptions
+from exporter.legs import imap
+from exporter.legs.mailbox import LetterMemo
+from exporter.letter.recognise import Signer, Token, build_letter
+from exporter.net import connect as net
+from exporter.probe.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
 from tests.hostile import HostileServer, serve
 from tests.imapfake import TAG, FakeImap
 

@@ -14,9 +14,9 @@ from email.utils import formatdate
 
 import pytest
 
-from exporter.errors import Reason
-from exporter.message import Recognised, Token, is_delivery_report, recognise
-from exporter.probe import SWEEP_AGE, Mailbox
+from exporter.letter.recognise import Recognised, Token, is_delivery_report, recognise
+from exporter.probe.errors import Reason
+from exporter.probe.roundtrip import SWEEP_AGE, Mailbox
 from tests import letters
 from tests.rig import MailRig
 from tests.tasks import SIGNER, probe_once, task_dict, task_of

@@ -20,14 +20,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from packaging.requirements import Requirement
 
-from exporter import imap, net, pop3, smtp, web
-from exporter.config import Config, IncomingConfig, Protocol, Secret, Security, TLSOptions
-from exporter.dns import DeviceRun
-from exporter.errors import ServerTimeout
-from exporter.mailbox import LetterMemo
-from exporter.message import Signer
+from exporter.config.load import Config, IncomingConfig, Protocol, Secret, Security, TLSOptions
+from exporter.legs import imap, pop3, smtp
+from exporter.legs.mailbox import LetterMemo
+from exporter.letter.recognise import Signer
+from exporter.net import connect as net
+from exporter.net.resolve import DeviceRun
+from exporter.probe.errors import ServerTimeout
 from exporter.scheduler import Scheduler, TaskRunner, spread
 from exporter.service import Exporter
+from exporter.web import app as web
 from tests.hostile import HostileServer, Peer, proxy, serve, tarpit
 from tests.rig import MailRig
 from tests.tasks import SIGNER, config_of, probe_once, task_dict

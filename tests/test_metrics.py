@@ -7,9 +7,9 @@ import time
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.errors import Reason
-from exporter.metrics import TaskStats, render_tasks
-from exporter.probe import PHASES, ProbeResult
+from exporter.exposition.stats import TaskStats, render_tasks
+from exporter.probe.errors import Reason
+from exporter.probe.roundtrip import PHASES, ProbeResult
 
 
 def stats() -> list[TaskStats]:

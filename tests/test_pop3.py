@@ -13,20 +13,9 @@ from typing import Any
 
 import pytest
 
-from exporter import net
-from exporter.config import IncomingConfig, Protocol, Secret, Security, TLSOptions
-from exporter.errors import (
-    AuthFailure,
-    ConnectFailure,
-    MailboxFailure,
-    ProbeError,
-    ProtocolFailure,
-    ServerTimeout,
-    TLSFailure,
-)
-from exporter.mailbox import FoundLetter, LetterMemo
-from exporter.message import Recognised, Signer, Token, build_letter
-from exporter.pop3 import (
+from exporter.config.load import IncomingConfig, Protocol, Secret, Security, TLSOptions
+from exporter.legs.mailbox import FoundLetter, LetterMemo
+from exporter.legs.pop3 import (
     LINE_LIMIT,
     QUIT_TIMEOUT,
     TOP_LIMIT,
@@ -36,6 +25,17 @@ from exporter.pop3 import (
     Pop3Session,
     open_session,
     received_time,
+)
+from exporter.letter.recognise import Recognised, Signer, Token, build_letter
+from exporter.net import connect as net
+from exporter.probe.errors import (
+    AuthFailure,
+    ConnectFailure,
+    MailboxFailure,
+    ProbeError,
+    ProtocolFailure,
+    ServerTimeout,
+    TLSFailure,
 )
 from tests.hostile import HostileServer, Peer, serve
 from tests.rig import MailRig

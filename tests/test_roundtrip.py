@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.errors import Reason
-from exporter.message import Signer, build_letter
-from exporter.probe import Mailbox
+from exporter.letter.recognise import Signer, build_letter
+from exporter.probe.errors import Reason
+from exporter.probe.roundtrip import Mailbox
 from tests.rig import MailRig
 from tests.tasks import MAILBOX_LEGS, SIGNER, SMTP_LEGS, config_of, probe_once, task_dict, task_of
 

@@ -14,11 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.cli import render_report
-from exporter.errors import HIDDEN, MESSAGE_LIMIT, SERVER_TEXT_LIMIT, ProtocolFailure, Reason, server_text
+from exporter.exposition.stats import TaskStats
 from exporter.logs import JSONFormatter, LogfmtFormatter
-from exporter.metrics import TaskStats
-from exporter.probe import ProbeResult
-from exporter.web import _row
+from exporter.probe.errors import HIDDEN, MESSAGE_LIMIT, SERVER_TEXT_LIMIT, ProtocolFailure, Reason, server_text
+from exporter.probe.roundtrip import ProbeResult
+from exporter.web.app import _row
 
 FORGED = "\r\n== forged/task: OK\n"
 # ESC sequences, bare CR, NUL, DEL, C1 NEL, line/paragraph separators, bidi overrides, zero width.

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from exporter.message import Signer, build_letter
-from exporter.probe import SWEEP_AGE, Mailbox
+from exporter.letter.recognise import Signer, build_letter
+from exporter.probe.roundtrip import SWEEP_AGE, Mailbox
 from tests.rig import MailRig
 from tests.tasks import SIGNER, probe_once, task_dict, task_of
 

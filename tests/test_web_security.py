@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from exporter import cli
-from exporter.webconfig import BasicAuth, load_web_config
+from exporter.web.webconfig import BasicAuth, load_web_config
 from tests.rig import free_ports, wait_for
 
 USER, PASSWORD = "prometheus", "scrape-pw-1"

@@ -9,8 +9,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.errors import Bounced
-from exporter.message import Recognised, Token
+from exporter.letter.recognise import Recognised, Token
+from exporter.probe.errors import Bounced
 
 # How many letters not seen before one search looks at: whatever a sender puts in the mailbox, a
 # probe reads at most this many letters' headers (the newest first: the awaited letter is recent).

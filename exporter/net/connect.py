@@ -18,8 +18,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from exporter.config import TLSOptions
-from exporter.errors import ConnectFailure, ProbeError, ServerTimeout, TLSFailure
+from exporter.config.load import TLSOptions
+from exporter.probe.errors import ConnectFailure, ProbeError, ServerTimeout, TLSFailure
 
 
 @dataclass

@@ -26,7 +26,7 @@ import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.config import Node, as_bool, as_string, existing_file, read_yaml, ssl_reason
+from exporter.config.load import Node, as_bool, as_string, existing_file, read_yaml, ssl_reason
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import aiosmtplib
 
-from exporter import net
-from exporter.config import Security, ServerConfig
-from exporter.errors import (
+from exporter.config.load import Security, ServerConfig
+from exporter.net import connect as net
+from exporter.probe.errors import (
     AuthFailure,
     ProbeError,
     ProtocolFailure,

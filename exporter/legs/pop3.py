@@ -23,12 +23,12 @@ from datetime import UTC
 from email.parser import BytesHeaderParser
 from email.utils import parsedate_to_datetime
 
-from exporter import net
-from exporter.config import IncomingConfig, Security
-from exporter.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure, server_text
-from exporter.mailbox import EXAMINE_BATCH, FoundLetter, LetterMemo, wanted
-from exporter.message import BOUNCE_BYTES, Recognised, Signer, is_delivery_report, recognise
-from exporter.net import PhaseClock
+from exporter.config.load import IncomingConfig, Security
+from exporter.legs.mailbox import EXAMINE_BATCH, FoundLetter, LetterMemo, wanted
+from exporter.letter.recognise import BOUNCE_BYTES, Recognised, Signer, is_delivery_report, recognise
+from exporter.net import connect as net
+from exporter.net.connect import PhaseClock
+from exporter.probe.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure, server_text
 
 LINE_LIMIT = 64 * 1024  # one reply line; RFC 1939 allows 512 octets, real servers stay far below
 # Multi-line replies are capped in bytes and in lines: many tiny lines cost far more memory than

@@ -37,8 +37,8 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
-from exporter.config import DeviceConfig, DNSMode, TaskConfig
-from exporter.errors import DNSFailure
+from exporter.config.load import DeviceConfig, DNSMode, TaskConfig
+from exporter.probe.errors import DNSFailure
 
 Servers = tuple[tuple[str, int], ...]
 CacheKey = tuple[Servers, str]

@@ -18,8 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.errors import Reason
-from exporter.probe import PHASES, ProbeResult
+from exporter.probe.errors import Reason
+from exporter.probe.roundtrip import PHASES, ProbeResult
 
 PREFIX = "mail_roundtrip"
 # Mail takes from milliseconds (same host) to the full email timeout (at most an hour).

@@ -11,10 +11,10 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
-from exporter.errors import MESSAGE_LIMIT, server_text
-from exporter.metrics import TaskStats
+from exporter.exposition.stats import TaskStats
+from exporter.probe.errors import MESSAGE_LIMIT, server_text
 from exporter.service import Exporter
-from exporter.webconfig import WebConfig, install
+from exporter.web.webconfig import WebConfig, install
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
 

@@ -18,19 +18,9 @@ from typing import Any, TypeVar
 
 import aioimaplib
 
-from exporter import net
-from exporter.config import IncomingConfig, Security
-from exporter.errors import (
-    AuthFailure,
-    MailboxFailure,
-    ProbeError,
-    ProtocolFailure,
-    ServerTimeout,
-    TLSFailure,
-    server_text,
-)
-from exporter.mailbox import EXAMINE_BATCH, FoundLetter, LetterMemo, wanted
-from exporter.message import (
+from exporter.config.load import IncomingConfig, Security
+from exporter.legs.mailbox import EXAMINE_BATCH, FoundLetter, LetterMemo, wanted
+from exporter.letter.recognise import (
     BOUNCE_BYTES,
     HEADER,
     RECOGNISED_FIELDS,
@@ -39,6 +29,16 @@ from exporter.message import (
     Signer,
     is_delivery_report,
     recognise,
+)
+from exporter.net import connect as net
+from exporter.probe.errors import (
+    AuthFailure,
+    MailboxFailure,
+    ProbeError,
+    ProtocolFailure,
+    ServerTimeout,
+    TLSFailure,
+    server_text,
 )
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
 from email.utils import formatdate
 
-from exporter.errors import server_text
+from exporter.probe.errors import server_text
 
 HEADER = "X-Mail-Roundtrip-Probe"
 SUBJECT_PREFIX = "[mail-roundtrip-exporter] test letter"

@@ -12,12 +12,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from exporter import imap, net, pop3, smtp
-from exporter.config import MAX_EMAIL_TIMEOUT, IncomingConfig, Protocol, TaskConfig
-from exporter.dns import Resolution
-from exporter.errors import ConnectFailure, DeliveryTimeout, DNSFailure, ProbeError, ProtocolFailure, Reason
-from exporter.mailbox import FoundLetter, LetterMemo, MailboxSession, SortedLetters, sort_found
-from exporter.message import Signer, Token, build_letter
+from exporter.config.load import MAX_EMAIL_TIMEOUT, IncomingConfig, Protocol, TaskConfig
+from exporter.legs import imap, pop3, smtp
+from exporter.legs.mailbox import FoundLetter, LetterMemo, MailboxSession, SortedLetters, sort_found
+from exporter.letter.recognise import Signer, Token, build_letter
+from exporter.net import connect as net
+from exporter.net.resolve import Resolution
+from exporter.probe.errors import ConnectFailure, DeliveryTimeout, DNSFailure, ProbeError, ProtocolFailure, Reason
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Configuration: the model (frozen dataclasses), the field reader, the bounded YAML reader, and loading."""

@@ -1,0 +1,1 @@
+"""Per-task statistics and their Prometheus exposition."""

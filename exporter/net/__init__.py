@@ -1,0 +1,1 @@
+"""The network under every leg: host name resolution (DNS modes), TCP connect, TLS."""

@@ -1,0 +1,1 @@
+"""The HTTP side: /metrics, health, reload, the status page, and --web.config.file."""
