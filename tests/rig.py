@@ -62,6 +62,11 @@ BACKDATE_SECONDS = 10
 T = TypeVar("T")
 
 
+def _deferred_by_hold(entry: dict[str, Any]) -> bool:
+    """A queue entry that waits only because hold() deferred its transport."""
+    return any("deferred transport" in str(r.get("delay_reason", "")) for r in entry.get("recipients", []))
+
+
 class RigError(RuntimeError):
     """A server failed to start/stop or a wait timed out (message has logs)."""
 
@@ -668,9 +673,24 @@ class MailRig:
         self._set_defer_transports(LMTP_TRANSPORT)
 
     def release(self) -> None:
-        """Undo hold() and flush the queue; delivery then happens asynchronously."""
+        """Undo hold() and flush the queue; delivery then happens asynchronously.
+
+        A letter the held transport was still deferring while the reload ran (its delivery agent
+        outlives the old queue manager) lands in the deferred queue after the flush, where it would
+        wait minutes for the next queue run. So: flush until no letter is in flight and none waits
+        for the hold any more.
+        """
         self._set_defer_transports("")
-        self.flush()
+        self.wait_for(self._held_letters_flushed, START_TIMEOUT, "held letters to leave the deferred queue")
+
+    def _held_letters_flushed(self) -> bool:
+        if not self._postfix_running:
+            return True
+        entries = self.queue()
+        held = [entry for entry in entries if entry.get("queue_name") == "deferred" and _deferred_by_hold(entry)]
+        if held:
+            self.flush()
+        return not held and not any(entry.get("queue_name") == "active" for entry in entries)
 
     def flush(self) -> None:
         """Ask Postfix to retry all deferred mail now (postqueue -f); no-op while stopped."""
