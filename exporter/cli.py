@@ -6,20 +6,24 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
 
 from exporter import __version__, logs
-from exporter.config.load import Config, describe_failure, load_config, split_host_port
+from exporter.config.fields import split_host_port
+from exporter.config.load import describe_failure, load_config
+from exporter.config.model import Config
 from exporter.letter import keys
-from exporter.letter.recognise import Signer
+from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun
-from exporter.probe.errors import MESSAGE_LIMIT, server_text
-from exporter.probe.roundtrip import PHASES, ProbeResult, run_probe
+from exporter.probe.phases import Phase
+from exporter.probe.result import ProbeResult
+from exporter.probe.roundtrip import run_probe
+from exporter.sanitise import MESSAGE_LIMIT, server_text
 from exporter.service import Exporter, warn_unverified
+from exporter.timefmt import utc_time
 from exporter.web.app import make_app
 from exporter.web.webconfig import WebConfig, load_web_config
 
@@ -149,21 +153,17 @@ def _render_one(r: ProbeResult) -> str:
     if r.error:
         lines.append(f"   error: {_safe(r.error)}")
     lines.append(f"   {'phase':<18}{'seconds':>10}")
-    for phase in (p for p in PHASES if p in r.phases):
-        seconds = r.phases[phase]
-        leg = phase.split("_", 1)[0]
-        note = "  (cache hit)" if phase.endswith("_dns") and r.dns_cached.get(leg) else ""
-        lines.append(f"   {phase:<18}{seconds:>10.4f}{note}")
+    for phase in (p for p in Phase if p in r.phases):
+        note = "  (cache hit)" if phase.is_dns and r.legs()[phase.leg].dns_cached else ""
+        lines.append(f"   {phase:<18}{r.phases[phase]:>10.4f}{note}")
     if r.delivery_seconds is not None:
         server = f"  (server clock: {r.server_delivery_seconds:.3f})" if r.server_delivery_seconds is not None else ""
         lines.append(f"   {'delivery':<18}{r.delivery_seconds:>10.4f}{server}")
-    for label, value in (
-        ("smtp reply", r.smtp_reply),
-        ("smtp address", r.smtp_address),
-        ("mailbox address", r.mailbox_address),
-        ("smtp cert expires", _date(r.smtp_certificate_not_after)),
-        ("mailbox cert expires", _date(r.mailbox_certificate_not_after)),
-    ):
+    facts: list[tuple[str, str | None]] = [("smtp reply", r.smtp_reply)]
+    for leg, leg_result in r.legs().items():
+        facts.append((f"{leg} address", leg_result.address))
+        facts.append((f"{leg} cert expires", _date(leg_result.certificate_not_after)))
+    for label, value in facts:
         if value:
             lines.append(f"   {label}: {_safe(value)}")
     return "\n".join(lines)
@@ -176,4 +176,4 @@ def _safe(text: str) -> str:
 
 
 def _date(unix: float | None) -> str | None:
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(unix)) if unix is not None else None
+    return utc_time(unix) if unix is not None else None

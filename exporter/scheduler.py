@@ -15,12 +15,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from exporter.config.load import Config, DeviceConfig, TaskConfig
+from exporter.config.model import Config, DeviceConfig, TaskConfig
 from exporter.exposition.stats import TaskStats
 from exporter.legs.mailbox import FoundLetter
-from exporter.letter.recognise import Signer
+from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun, ResolverCache
-from exporter.probe.roundtrip import Mailbox, ProbeResult, run_probe
+from exporter.probe.result import ProbeResult
+from exporter.probe.roundtrip import run_probe
+from exporter.probe.watch import Mailbox
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,11 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client import exposition as text_exposition
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from exporter.config.load import Config, describe_failure, load_config
-from exporter.exposition.stats import ReloadStatus, SelfCollector, TaskStats, render_tasks
-from exporter.letter.recognise import Signer
+from exporter.config.load import describe_failure, load_config
+from exporter.config.model import Config
+from exporter.exposition.render import SelfCollector, render_tasks
+from exporter.exposition.stats import ReloadStatus, TaskStats
+from exporter.letter.token import Signer
 from exporter.scheduler import Scheduler
 
 log = logging.getLogger(__name__)

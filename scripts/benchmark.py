@@ -54,10 +54,13 @@ import yaml  # noqa: E402
 from exporter.config.load import parse_config  # noqa: E402
 from exporter.legs import imap  # noqa: E402
 from exporter.legs.mailbox import MailboxSession  # noqa: E402
-from exporter.letter.recognise import Signer, build_letter  # noqa: E402
-from exporter.net.connect import PhaseClock  # noqa: E402
-from exporter.net.resolve import DeviceRun  # noqa: E402
-from exporter.probe.roundtrip import Mailbox, ProbeResult, Resolve, run_probe  # noqa: E402
+from exporter.letter.compose import build_letter  # noqa: E402
+from exporter.letter.token import Signer  # noqa: E402
+from exporter.net.resolve import DeviceRun, Resolve  # noqa: E402
+from exporter.probe.clock import PhaseClock  # noqa: E402
+from exporter.probe.result import ProbeResult  # noqa: E402
+from exporter.probe.roundtrip import run_probe  # noqa: E402
+from exporter.probe.watch import Mailbox  # noqa: E402
 from exporter.scheduler import spread  # noqa: E402
 from tests.rig import MailRig  # noqa: E402
 

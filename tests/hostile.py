@@ -22,7 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from exporter.net import connect as net
+from exporter.probe.clock import PhaseClock
 from exporter.probe.errors import ConnectFailure
+from exporter.probe.phases import Phase
 
 Handler = Callable[["Peer"], Awaitable[None]]
 
@@ -73,9 +75,9 @@ class HostileServer:
     errors: list[BaseException] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def connect(self, clock: net.PhaseClock) -> net.Connected:
+    async def connect(self, clock: PhaseClock) -> net.Connected:
         """A client connection as the probe makes one: inside the clock's mailbox_connect phase."""
-        async with clock.phase("mailbox_connect", on_timeout=ConnectFailure):
+        async with clock.phase(Phase.MAILBOX_CONNECT, on_timeout=ConnectFailure):
             return await net.connect_any([self.host], self.port)
 
     @property

@@ -7,7 +7,8 @@ import base64
 from collections.abc import Callable
 from email.utils import formatdate
 
-from exporter.letter.recognise import Signer, Token, build_letter
+from exporter.letter.compose import build_letter
+from exporter.letter.token import Signer, Token
 
 PROBE_FROM = "probe@example.test"
 PROBE_TO = "box@example.test"

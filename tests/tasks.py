@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.config.load import Config, TaskConfig, parse_config
-from exporter.letter.recognise import Signer
+from exporter.config.load import parse_config
+from exporter.config.model import Config, TaskConfig
+from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun
-from exporter.probe.roundtrip import Mailbox, ProbeResult, run_probe
+from exporter.probe.result import ProbeResult
+from exporter.probe.roundtrip import run_probe
+from exporter.probe.watch import Mailbox
 from tests.rig import MailRig
 
 # SMTP legs of the rig: (port attribute, security, with AUTH)

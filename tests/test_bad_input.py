@@ -26,10 +26,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import load as config_module
-from exporter.config.load import ConfigError, load_config, parse_config
+from exporter.config import yamlfile
+from exporter.config.load import load_config, parse_config
+from exporter.config.model import ConfigError
 from exporter.letter import keys
-from exporter.letter.recognise import Signer
+from exporter.letter.token import Signer
 from exporter.service import Exporter
 from tests.rig import free_ports, wait_for
 
@@ -232,7 +233,7 @@ def test_values_inside_bounds_still_load() -> None:
         with_incoming(mailbox="Sent Items/Ünicode", host="[::1]:143", port=None, user="u" * 255, password="p" * 1024)
     )
     incoming = config.tasks()[0][1].incoming
-    assert (incoming.mailbox, incoming.host, incoming.port) == ("Sent Items/Ünicode", "::1", 143)
+    assert (incoming.mailbox, incoming.server.host, incoming.server.port) == ("Sent Items/Ünicode", "::1", 143)
 
 
 # --- files: password_file, ca_file, the config file itself -----------------------------------------
@@ -292,7 +293,7 @@ def test_password_file_content_is_checked_without_showing_it(tmp_path: Path, con
 def test_password_file_at_the_size_limit_loads(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("p" * 1024 + "\n")
     config = parse_config(with_incoming(password=None, password_file="pw"), base_dir=tmp_path)
-    assert config.tasks()[0][1].incoming.password is not None
+    assert config.tasks()[0][1].incoming.server.password is not None
 
 
 def _self_signed(directory: Path) -> Path:
@@ -346,7 +347,7 @@ def test_ca_file_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
 
 def test_a_real_ca_file_loads(tmp_path: Path) -> None:
     cert = _self_signed(tmp_path)
-    assert parse_config(with_incoming(ca_file=str(cert))).tasks()[0][1].incoming.tls.ca_file == str(cert)
+    assert parse_config(with_incoming(ca_file=str(cert))).tasks()[0][1].incoming.server.tls.ca_file == str(cert)
 
 
 def test_non_utf8_config_names_the_position_never_the_bytes(tmp_path: Path) -> None:
@@ -444,7 +445,7 @@ def test_yaml_tags_python_cannot_build(tmp_path: Path, text: str) -> None:
 )
 def test_hostile_yaml_without_libyaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """The pure-Python loader (PyYAML without libyaml) is bounded the same way."""
-    monkeypatch.setattr(config_module, "_Loader", yaml.SafeLoader)
+    monkeypatch.setattr(yamlfile, "_Loader", yaml.SafeLoader)
     text, problem = YAML_CASES[case]
     path = tmp_path / "config.yml"
     path.write_text(text)
@@ -452,7 +453,7 @@ def test_hostile_yaml_without_libyaml(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_python_loader_recursion_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_module, "_Loader", yaml.SafeLoader)
+    monkeypatch.setattr(yamlfile, "_Loader", yaml.SafeLoader)
     path = tmp_path / "config.yml"
     path.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
     assert load_error(path) == f"{path}: nested deeper than 64 levels"

@@ -11,15 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.config.load import (
-    ConfigError,
-    DNSMode,
-    Protocol,
-    Security,
-    load_config,
-    parse_config,
-    parse_duration,
-)
+from exporter.config.fields import parse_duration
+from exporter.config.load import load_config, parse_config
+from exporter.config.model import ConfigError, DNSMode, Protocol, Security
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +43,7 @@ def test_defaults() -> None:
     assert device.interval == 300 and device.dns.mode is DNSMode.DEVICE_CACHED
     assert task.completion_timeout == 120 and task.email_timeout == 600
     assert task.smtp.port == 587 and task.smtp.security is Security.STARTTLS
-    assert task.incoming.port == 993 and task.incoming.security is Security.TLS
+    assert task.incoming.server.port == 993 and task.incoming.server.security is Security.TLS
     assert task.incoming.protocol is Protocol.IMAP and task.incoming.mailbox == "INBOX"
     assert task.sender == "probe@example.test"
     assert not task.smtp.tls.insecure_skip_verify
@@ -75,7 +69,8 @@ def test_security_and_port_derivation(leg: str, settings: dict[str, Any], port: 
     if leg == "incoming":
         settings = {**settings, "user": "u", "password": "p"}
     config = parse_config(minimal(**{leg: settings}))
-    server = getattr(config.tasks()[0][1], leg)
+    task = config.tasks()[0][1]
+    server = task.smtp if leg == "smtp" else task.incoming.server
     assert (server.port, server.security) == (port, security)
 
 
@@ -167,7 +162,7 @@ def test_password_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     }
     task = parse_config(data, base_dir=tmp_path).tasks()[0][1]
     assert task.smtp.password is not None and task.smtp.password.reveal() == "from-env"
-    assert task.incoming.password is not None and task.incoming.password.reveal() == "from-file"
+    assert task.incoming.server.password is not None and task.incoming.server.password.reveal() == "from-file"
     assert "from-env" not in repr(task) and "from-file" not in repr(task)
 
 

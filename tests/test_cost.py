@@ -24,7 +24,7 @@ import pytest
 from exporter.legs.imap import HEADER_BYTES
 from exporter.legs.mailbox import EXAMINE_BATCH
 from exporter.probe.errors import Reason
-from exporter.probe.roundtrip import SWEEP_AGE, Mailbox
+from exporter.probe.watch import SWEEP_AGE, Mailbox
 from tests import letters
 from tests.hostile import Traffic, proxy, serve
 from tests.rig import MailRig

@@ -19,9 +19,11 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition.stats import ReloadStatus, SelfCollector, TaskStats, render_tasks
+from exporter.exposition.render import SelfCollector, render_tasks
+from exporter.exposition.stats import ReloadStatus, TaskStats
 from exporter.probe.errors import Reason
-from exporter.probe.roundtrip import PHASES, ProbeResult
+from exporter.probe.phases import Phase
+from exporter.probe.result import LegResult, ProbeResult
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "mail-roundtrip.json"
@@ -47,12 +49,11 @@ def _probe_result() -> ProbeResult:
         token="mrt-0-0-0",
         started=now - 2,
         success=True,
-        phases=dict.fromkeys(PHASES, 0.1),
-        dns_cached={"smtp": True, "mailbox": False},
+        phases=dict.fromkeys(Phase, 0.1),
+        smtp=LegResult(dns_cached=True, certificate_not_after=now + 86400),
+        mailbox=LegResult(dns_cached=False, certificate_not_after=now + 86400),
         delivery_seconds=1.5,
         server_delivery_seconds=1.0,
-        smtp_certificate_not_after=now + 86400,
-        mailbox_certificate_not_after=now + 86400,
         accepted_wall=now - 1,
         finished=now,
     )
@@ -68,7 +69,7 @@ def scrape_text(stats: TaskStats) -> str:
             token="x",
             started=0.0,
             reason=Reason.AUTH,
-            failed_phase="smtp_auth",
+            failed_phase=Phase.SMTP_AUTH,
             finished=1.0,
         )
     )

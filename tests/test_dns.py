@@ -16,12 +16,16 @@ from typing import Any
 import dns.rcode
 import pytest
 
-from exporter.config.load import DeviceConfig, DNSMode, parse_config
-from exporter.letter.recognise import Signer
-from exporter.net import connect as net
+from exporter.config.load import parse_config
+from exporter.config.model import DeviceConfig, DNSMode
+from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun, Resolution, ResolverCache
+from exporter.probe.clock import PhaseClock
+from exporter.probe.dial import dial
 from exporter.probe.errors import DNSFailure, Reason
-from exporter.probe.roundtrip import ProbeResult, connect_leg, run_probe
+from exporter.probe.phases import Leg
+from exporter.probe.result import ProbeResult
+from exporter.probe.roundtrip import run_probe
 from tests.dnsserver import DNSServer
 from tests.rig import MailRig
 
@@ -292,7 +296,7 @@ async def test_silent_server_fails_within_dns_timeout(server: DNSServer) -> None
     result = ProbeResult("d", "t", "token", 0.0)
     # The phase would allow 30 s: the message shows it was dns.timeout that ended the lookup.
     with pytest.raises(DNSFailure) as failure:
-        await connect_leg(net.PhaseClock(30), resolver_of(device), result, "smtp", "mail.test", 25)
+        await dial(PhaseClock(30), resolver_of(device), Leg.SMTP, result.smtp, "mail.test", 25)
     assert failure.value.message == f"mail.test: timed out after 0.5s querying {server.spec}"
     assert (failure.value.phase, failure.value.reason) == ("smtp_dns", Reason.DNS)
     assert server.count("mail.test", "A") >= 1
@@ -303,7 +307,7 @@ async def test_silent_server_without_dns_timeout_is_bounded_by_the_phase(server:
     device = device_of({"servers": [server.spec]}, {**task_dict("t"), "completion_timeout": "1s"})
     result = ProbeResult("d", "t", "token", 0.0)
     with pytest.raises(DNSFailure) as failure:
-        await connect_leg(net.PhaseClock(1), resolver_of(device), result, "mailbox", "mail.test", 143)
+        await dial(PhaseClock(1), resolver_of(device), Leg.MAILBOX, result.mailbox, "mail.test", 143)
     assert (failure.value.phase, failure.value.reason) == ("mailbox_dns", Reason.DNS)
 
 
@@ -351,8 +355,8 @@ async def test_custom_host_probe_verifies_the_configured_name(rig: MailRig, serv
     hosts = [{"address": "127.0.0.1", "name": "mail.test"}]
     result = await probe(rig, "mail.test", {"servers": [server.spec], "hosts": hosts})
     assert result.success, result.error
-    assert (result.smtp_address, result.mailbox_address) == ("127.0.0.1", "127.0.0.1")
-    assert result.dns_cached == {"smtp": True, "mailbox": True}
+    assert (result.smtp.address, result.mailbox.address) == ("127.0.0.1", "127.0.0.1")
+    assert (result.smtp.dns_cached, result.mailbox.dns_cached) == (True, True)
     assert server.total() == 0
 
 
@@ -367,20 +371,20 @@ async def test_custom_host_with_a_name_not_in_the_certificate_fails_tls(rig: Mai
 async def test_probe_through_the_test_dns_server(rig: MailRig, server: DNSServer) -> None:
     result = await probe(rig, "mail.test", {"mode": "external", "servers": [server.spec]})
     assert result.success, result.error
-    assert result.smtp_address == "::1"  # AAAA first
+    assert result.smtp.address == "::1"  # AAAA first
     assert queries(server) == (2, 2)  # external: each leg asks
-    assert result.dns_cached == {"smtp": False, "mailbox": False}
+    assert (result.smtp.dns_cached, result.mailbox.dns_cached) == (False, False)
 
 
 async def test_probe_device_cached_shares_one_lookup_between_legs(rig: MailRig, server: DNSServer) -> None:
     result = await probe(rig, "mail.test", {"mode": "device_cached", "servers": [server.spec]})
     assert result.success, result.error
     assert queries(server) == (1, 1)
-    assert sorted(result.dns_cached.values()) == [False, True]
+    assert {result.smtp.dns_cached, result.mailbox.dns_cached} == {False, True}
 
 
 async def test_custom_host_ipv6(rig: MailRig, server: DNSServer) -> None:
     hosts = [{"address": "::1", "name": "mail.test"}]
     result = await probe(rig, "mail.test", {"servers": [server.spec], "hosts": hosts})
     assert result.success, result.error
-    assert (result.smtp_address, result.mailbox_address) == ("::1", "::1")
+    assert (result.smtp.address, result.mailbox.address) == ("::1", "::1")

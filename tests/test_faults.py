@@ -33,7 +33,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.net.resolve import DeviceRun
 from exporter.probe.errors import Reason
-from exporter.probe.roundtrip import Mailbox, ProbeResult, run_probe
+from exporter.probe.result import ProbeResult
+from exporter.probe.roundtrip import run_probe
+from exporter.probe.watch import Mailbox
 from tests.dnsserver import DNSServer
 from tests.hostile import Handler, HostileServer, Peer, Switch, drip, proxy, serve, tarpit
 from tests.rig import DOVEADM, MailRig, _pid_alive, _processes, free_ports

@@ -11,9 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config.load import ConfigError, load_config, parse_config
-from exporter.legs.imap import ImapSession, _internaldate
-from exporter.legs.pop3 import Pop3Client, received_time
+from exporter.clients.imap4 import reply_of
+from exporter.clients.pop3 import Pop3Client
+from exporter.config.load import load_config, parse_config
+from exporter.config.model import ConfigError
+from exporter.legs.imap import fetch_responses, internaldate
+from exporter.legs.pop3 import received_time
 from exporter.letter.recognise import is_delivery_report, recognise
 from exporter.probe.errors import ProbeError
 from tests.tasks import SIGNER
@@ -185,10 +188,10 @@ def test_pop3_replies_raise_only_probe_errors(reply: bytes) -> None:
 
 @FUZZ
 @given(st.lists(st.binary(max_size=200) | st.builds(bytearray, st.binary(max_size=200)), max_size=8))
-def test_imap_fetch_parser_never_raises(lines: list[Any]) -> None:
-    session = ImapSession.__new__(ImapSession)
-    session._signer = SIGNER
-    list(session._parse_fetch(lines))
+def test_imap_fetch_parser_never_raises(lines: list[bytes | bytearray]) -> None:
+    for _, (line, headers) in fetch_responses(reply_of(True, lines)):
+        internaldate(line)
+        recognise(SIGNER, headers)
 
 
 @FUZZ
@@ -198,7 +201,7 @@ def test_header_parsers_never_raise(raw: bytes) -> None:
     recognise(SIGNER, b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n" + raw)
     is_delivery_report(raw)
     received_time(raw)
-    _internaldate(b'1 FETCH (INTERNALDATE "' + raw[:60] + b'")')
+    internaldate(b'1 FETCH (INTERNALDATE "' + raw[:60] + b'")')
 
 
 @FUZZ

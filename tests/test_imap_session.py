@@ -5,17 +5,22 @@ BYE, hang-ups and odd replies. The same logic against the real Dovecot: test_rou
 from __future__ import annotations
 
 import asyncio
+import inspect
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import aioimaplib
 import pytest
 
-from exporter.config.load import IncomingConfig, Protocol, Secret, Security, TLSOptions
+from exporter.clients.imap4 import Imap4Client
+from exporter.config.model import IncomingConfig, Protocol, Secret, Security, ServerConfig, TLSOptions
 from exporter.legs import imap
-from exporter.legs.mailbox import LetterMemo
-from exporter.letter.recognise import Signer, Token, build_letter
-from exporter.net import connect as net
+from exporter.legs.memo import LetterMemo
+from exporter.letter.compose import build_letter
+from exporter.letter.token import Signer, Token
+from exporter.probe.clock import PhaseClock
 from exporter.probe.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
 from tests.hostile import HostileServer, serve
 from tests.imapfake import TAG, FakeImap
@@ -27,12 +32,14 @@ DEADLINE = 20.0  # bounds every session step: a hang fails the test instead of s
 
 def config(port: int, security: Security = Security.NONE) -> IncomingConfig:
     return IncomingConfig(
-        host="127.0.0.1",
-        port=port,
-        security=security,
-        tls=TLSOptions(),
-        user="probe@example.test",
-        password=Secret(PASSWORD),
+        server=ServerConfig(
+            host="127.0.0.1",
+            port=port,
+            security=security,
+            tls=TLSOptions(),
+            user="probe@example.test",
+            password=Secret(PASSWORD),
+        ),
         protocol=Protocol.IMAP,
     )
 
@@ -52,7 +59,7 @@ class Running:
     memo: LetterMemo = field(default_factory=LetterMemo)  # shared by the sessions, as a task's Mailbox does
 
     async def open(self, security: Security = Security.NONE) -> imap.ImapSession:
-        clock = net.PhaseClock(DEADLINE)
+        clock = PhaseClock(DEADLINE)
         connected = await self.server.connect(clock)
         return await asyncio.wait_for(
             imap.open_session(config(self.server.port, security), connected, clock, SIGNER, self.memo), DEADLINE
@@ -177,7 +184,7 @@ async def test_news_during_search_skips_idle(running: Running) -> None:
     running.fake.before["UID SEARCH"] = b"* 1 EXISTS\r\n"
     session = await running.open()
     await session.find(["mrt-x"])
-    await asyncio.wait_for(session.wait_for_change(DEADLINE * 10), DEADLINE)
+    await asyncio.wait_for(session.pause(DEADLINE * 10), DEADLINE)
     await session.close()
     assert "IDLE" not in running.fake.commands
 
@@ -186,7 +193,7 @@ async def test_idle_returns_when_the_server_announces_a_letter(running: Running)
     token, raw = probe_letter()
     session = await running.open()
     assert await session.find([token.value]) == []
-    waiting = asyncio.ensure_future(session.wait_for_change(DEADLINE * 10))
+    waiting = asyncio.ensure_future(session.pause(DEADLINE * 10))
     await asyncio.wait_for(running.fake.idling.wait(), DEADLINE)
     running.fake.add(raw)
     await asyncio.wait_for(waiting, DEADLINE)
@@ -197,7 +204,7 @@ async def test_idle_returns_when_the_server_announces_a_letter(running: Running)
 async def test_idle_without_news_ends_with_done_and_the_session_goes_on(running: Running) -> None:
     session = await running.open()
     await session.find(["mrt-x"])  # what SELECT announced is seen: the wait needs news after it
-    await asyncio.wait_for(session.wait_for_change(0.2), DEADLINE)
+    await asyncio.wait_for(session.pause(0.2), DEADLINE)
     token, raw = probe_letter()
     running.fake.add(raw)
     assert len(await session.find([token.value])) == 1
@@ -210,6 +217,15 @@ async def test_without_idle_waiting_is_only_time(running: Running) -> None:
     running.fake.capabilities = ("IMAP4rev1", "UIDPLUS")
     session = await running.open()
     await session.find(["mrt-x"])
-    await asyncio.wait_for(session.wait_for_change(0.05), DEADLINE)
+    await asyncio.wait_for(session.pause(0.05), DEADLINE)
     await session.close()
     assert "IDLE" not in running.fake.commands
+
+
+def test_the_adapter_shadows_no_method_aioimaplib_calls_on_itself() -> None:
+    """Imap4Client subclasses aioimaplib.IMAP4: a method of ours with the name of one that aioimaplib
+    calls on ``self`` (``idle_start`` calls ``self.idle()``) would silently replace it. The one
+    override meant: create_client, to connect over our own socket."""
+    called = set(re.findall(r"self\.(\w+)\(", inspect.getsource(aioimaplib.IMAP4)))
+    ours = {name for name in vars(Imap4Client) if not name.startswith("__")}
+    assert ours & called == {"create_client"}

@@ -14,9 +14,10 @@ from email.utils import formatdate
 
 import pytest
 
-from exporter.letter.recognise import Recognised, Token, is_delivery_report, recognise
+from exporter.letter.recognise import Recognised, is_delivery_report, recognise
+from exporter.letter.token import Token
 from exporter.probe.errors import Reason
-from exporter.probe.roundtrip import SWEEP_AGE, Mailbox
+from exporter.probe.watch import SWEEP_AGE, Mailbox
 from tests import letters
 from tests.rig import MailRig
 from tests.tasks import SIGNER, probe_once, task_dict, task_of

@@ -20,16 +20,21 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from packaging.requirements import Requirement
 
-from exporter.config.load import Config, IncomingConfig, Protocol, Secret, Security, TLSOptions
-from exporter.legs import imap, pop3, smtp
-from exporter.legs.mailbox import LetterMemo
-from exporter.letter.recognise import Signer
+from exporter.clients import smtp as smtp_client
+from exporter.config.model import Config, IncomingConfig, Protocol, Secret, Security, ServerConfig, TLSOptions
+from exporter.legs import imap, pop3
+from exporter.legs.memo import LetterMemo
+from exporter.letter.token import Signer
 from exporter.net import connect as net
 from exporter.net.resolve import DeviceRun
+from exporter.net.tls import GREETING_HINT
+from exporter.probe.clock import PhaseClock
 from exporter.probe.errors import ServerTimeout
+from exporter.probe.phases import Phase
 from exporter.scheduler import Scheduler, TaskRunner, spread
 from exporter.service import Exporter
 from exporter.web import app as web
+from exporter.web import scrape as scrape_gate
 from tests.hostile import HostileServer, Peer, proxy, serve, tarpit
 from tests.rig import MailRig
 from tests.tasks import SIGNER, config_of, probe_once, task_dict
@@ -101,7 +106,7 @@ async def test_a_late_banner_after_implicit_tls_counts_as_greeting(rig: MailRig,
         task["smtp"].update(host=f"127.0.0.1:{server.port}", security="tls")
         result = await probe_once(task)
     assert result.success, result.error
-    assert result.phases["smtp_greeting"] >= BANNER_DELAY, result.phases
+    assert result.phases[Phase.SMTP_GREETING] >= BANNER_DELAY, result.phases
 
 
 def test_aiosmtplib_is_in_the_pinned_range() -> None:
@@ -113,10 +118,10 @@ def test_aiosmtplib_is_in_the_pinned_range() -> None:
 
 
 def test_a_missing_hook_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
-    smtp.check_aiosmtplib()  # the installed aiosmtplib has it
+    smtp_client.check_aiosmtplib()  # the installed aiosmtplib has it
     monkeypatch.delattr(aiosmtplib.SMTP, "_create_connection")
     with pytest.raises(ImportError, match="_create_connection"):
-        smtp.check_aiosmtplib()
+        smtp_client.check_aiosmtplib()
 
 
 # --- 8b: a server that never greets, on both mailbox legs ----------------------------------------
@@ -126,18 +131,20 @@ GREETING_LIMIT = 1.5
 
 def incoming(rig: MailRig, protocol: Protocol, security: Security, port: int) -> IncomingConfig:
     return IncomingConfig(
-        host="127.0.0.1",
-        port=port,
-        security=security,
-        tls=TLSOptions(ca_file=str(rig.ca_file)),
-        user="nobody",
-        password=Secret("never-sent"),
+        server=ServerConfig(
+            host="127.0.0.1",
+            port=port,
+            security=security,
+            tls=TLSOptions(ca_file=str(rig.ca_file)),
+            user="nobody",
+            password=Secret("never-sent"),
+        ),
         protocol=protocol,
     )
 
 
 async def open_mailbox(config: IncomingConfig, server: HostileServer) -> None:
-    clock = net.PhaseClock(limit=GREETING_LIMIT)
+    clock = PhaseClock(limit=GREETING_LIMIT)
     connected = await server.connect(clock)
     signer = Signer(b"measure")
     if config.protocol is Protocol.POP3:
@@ -163,7 +170,7 @@ async def test_a_silent_greeting_is_reported_alike_on_both_legs(
         with pytest.raises(ServerTimeout) as caught:
             await open_mailbox(incoming(rig, protocol, security, server.port), server)
     assert caught.value.phase == phase
-    assert (net.GREETING_HINT in caught.value.message) is hint, caught.value.message
+    assert (GREETING_HINT in caught.value.message) is hint, caught.value.message
 
 
 # --- 5c: a reload keeps every task's schedule ----------------------------------------------------
@@ -267,8 +274,8 @@ async def test_concurrent_scrapes_share_one_render(
     rig: MailRig, user: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """200 scrapes at once cost one render per format (not 200), and every one gets the whole body."""
-    monkeypatch.setattr(web, "SHARE_SECONDS", math.inf)  # the count must not depend on the machine's speed
-    monkeypatch.setattr(web, "PER_SECOND", math.inf)  # no pacing: all 200 at once
+    monkeypatch.setattr(scrape_gate, "SHARE_SECONDS", math.inf)  # the count must not depend on the machine's speed
+    monkeypatch.setattr(scrape_gate, "PER_SECOND", math.inf)  # no pacing: all 200 at once
     exporter = Exporter(tmp_path / "config.yml", four_tasks(rig, user), SIGNER)  # not started: no probes
     client = TestClient(TestServer(web.make_app(exporter)), connector=aiohttp.TCPConnector(limit=0))
     await client.start_server()
@@ -292,9 +299,9 @@ async def test_scrapes_past_the_queue_are_refused_at_once(
 ) -> None:
     """One answer at a time, the next not for an hour, 3 may wait: of 10 scrapes one is answered, one
     holds the slot, 3 wait, and the other 5 get 503 at once (no time assertion: the pace is an hour)."""
-    monkeypatch.setattr(web, "SENDING", 1)
-    monkeypatch.setattr(web, "PER_SECOND", 1 / 3600)
-    monkeypatch.setattr(web, "WAITING", 3)
+    monkeypatch.setattr(scrape_gate, "SENDING", 1)
+    monkeypatch.setattr(scrape_gate, "PER_SECOND", 1 / 3600)
+    monkeypatch.setattr(scrape_gate, "WAITING", 3)
     exporter = Exporter(tmp_path / "config.yml", four_tasks(rig, user), SIGNER)  # not started: no probes
     client = TestClient(TestServer(web.make_app(exporter)), connector=aiohttp.TCPConnector(limit=0))
     await client.start_server()

@@ -7,9 +7,11 @@ import time
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.exposition.stats import TaskStats, render_tasks
+from exporter.exposition.render import render_tasks
+from exporter.exposition.stats import TaskStats
 from exporter.probe.errors import Reason
-from exporter.probe.roundtrip import PHASES, ProbeResult
+from exporter.probe.phases import Phase
+from exporter.probe.result import LegResult, ProbeResult
 
 
 def stats() -> list[TaskStats]:
@@ -22,8 +24,9 @@ def stats() -> list[TaskStats]:
             token="x",
             started=now - 1,
             success=True,
-            phases=dict.fromkeys(PHASES, 0.25),
-            dns_cached={"smtp": True, "mailbox": False},
+            phases=dict.fromkeys(Phase, 0.25),
+            smtp=LegResult(dns_cached=True),
+            mailbox=LegResult(dns_cached=False),
             delivery_seconds=1.5,
             accepted_wall=now,
             finished=now,
@@ -37,7 +40,7 @@ def stats() -> list[TaskStats]:
             token="y",
             started=now - 1,
             reason=Reason.AUTH,
-            failed_phase="mailbox_login",
+            failed_phase=Phase.MAILBOX_LOGIN,
             finished=now,
         )
     )

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.letter.recognise import Signer, build_letter
+from exporter.letter.compose import build_letter
+from exporter.letter.token import Signer
 from exporter.probe.errors import Reason
-from exporter.probe.roundtrip import Mailbox
+from exporter.probe.watch import Mailbox
 from tests.rig import MailRig
 from tests.tasks import MAILBOX_LEGS, SIGNER, SMTP_LEGS, config_of, probe_once, task_dict, task_of
 
@@ -48,7 +49,7 @@ async def test_each_smtp_mode(rig: MailRig, user: str, smtp: str) -> None:
     assert ("smtp_auth" in result.phases) == auth
     assert {"smtp_connect", "smtp_greeting", "smtp_submit"} <= set(result.phases)
     assert result.smtp_reply is not None and "queued as" in result.smtp_reply
-    assert (result.smtp_certificate_not_after is not None) == (security != "none")
+    assert (result.smtp.certificate_not_after is not None) == (security != "none")
     assert result.delivery_seconds is not None and result.delivery_seconds >= 0
     assert leftover_probe_letters(rig, user) == []
 
@@ -60,7 +61,7 @@ async def test_each_mailbox_mode(rig: MailRig, user: str, mailbox: str) -> None:
     security = MAILBOX_LEGS[mailbox][2]
     assert ("mailbox_tls" in result.phases) == (security != "none")
     assert {"mailbox_connect", "mailbox_login", "mailbox_search", "mailbox_delete"} <= set(result.phases)
-    assert (result.mailbox_certificate_not_after is not None) == (security != "none")
+    assert (result.mailbox.certificate_not_after is not None) == (security != "none")
     assert result.server_delivery_seconds is not None  # INTERNALDATE (IMAP) or Received (POP3)
     assert leftover_probe_letters(rig, user) == []
 
@@ -72,7 +73,7 @@ async def test_ipv6_loopback(rig: MailRig, user: str) -> None:
     task["incoming"]["host"] = f"[::1]:{rig.ports.imaps}"
     result = await probe_once(task)
     assert result.success, result.error
-    assert result.smtp_address == "::1" and result.mailbox_address == "::1"
+    assert result.smtp.address == "::1" and result.mailbox.address == "::1"
 
 
 async def test_wrong_smtp_password(rig: MailRig, user: str) -> None:

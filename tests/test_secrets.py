@@ -26,8 +26,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
-from exporter.config.load import ConfigError, load_config, parse_config
-from exporter.probe.roundtrip import ProbeResult
+from exporter.config.load import load_config, parse_config
+from exporter.config.model import ConfigError
+from exporter.probe.result import ProbeResult
 from tests.rig import MailRig, free_ports, wait_for
 from tests.tasks import SIGNER, task_dict
 

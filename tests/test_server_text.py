@@ -1,4 +1,4 @@
-"""Server text is data: the one sanitiser (exporter.errors.server_text) and every output that shows
+"""Server text is data: the one sanitiser (exporter.sanitise.server_text) and every output that shows
 server text (the --once report, logs, the status page) keep it on its line and free of controls.
 
 The end-to-end case (hostile servers, the real rig, ``--once`` as a process) is in test_faults.py;
@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 from exporter.cli import render_report
 from exporter.exposition.stats import TaskStats
 from exporter.logs import JSONFormatter, LogfmtFormatter
-from exporter.probe.errors import HIDDEN, MESSAGE_LIMIT, SERVER_TEXT_LIMIT, ProtocolFailure, Reason, server_text
-from exporter.probe.roundtrip import ProbeResult
-from exporter.web.app import _row
+from exporter.probe.errors import ProtocolFailure, Reason
+from exporter.probe.phases import Phase
+from exporter.probe.result import LegResult, ProbeResult
+from exporter.sanitise import HIDDEN, MESSAGE_LIMIT, SERVER_TEXT_LIMIT, server_text
+from exporter.web.status import _row
 
 FORGED = "\r\n== forged/task: OK\n"
 # ESC sequences, bare CR, NUL, DEL, C1 NEL, line/paragraph separators, bidi overrides, zero width.
@@ -53,7 +55,7 @@ def test_examples() -> None:
 
 def test_every_error_message_is_sanitised() -> None:
     """Whichever path builds a message (a library's exception text, a forgotten server_text call)."""
-    error = ProtocolFailure(f"unexpected reply: {HOSTILE}{FORGED}", phase="mailbox_login")
+    error = ProtocolFailure(f"unexpected reply: {HOSTILE}{FORGED}", phase=Phase.MAILBOX_LOGIN)
     assert safe_line(str(error)) and str(error).startswith("mailbox_login: unexpected reply: ?[2J")
 
 
@@ -67,8 +69,8 @@ def result_with(text: str) -> ProbeResult:
         reason=Reason.PROTOCOL,
         error=text,
         smtp_reply=text,
-        smtp_address=text,
-        mailbox_address=text,
+        smtp=LegResult(address=text),
+        mailbox=LegResult(address=text),
     )
 
 

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from exporter.letter.recognise import Signer, build_letter
-from exporter.probe.roundtrip import SWEEP_AGE, Mailbox
+from exporter.letter.compose import build_letter
+from exporter.letter.token import Signer
+from exporter.probe.watch import SWEEP_AGE, Mailbox
 from tests.rig import MailRig
 from tests.tasks import SIGNER, probe_once, task_dict, task_of
 

@@ -1,14 +1,13 @@
-"""The POP3 mailbox leg: a small asyncio POP3 client (RFC 1939, CAPA/STLS from RFC 2449/2595).
+"""The POP3 mailbox leg: find probe letters by token and delete them, over clients.pop3.
 
-No maintained asyncio POP3 client exists, so this speaks the protocol over asyncio streams itself.
-It only needs USER/PASS, UIDL, LIST n, TOP n 0, DELE and QUIT. A hostile or broken server must not be able
-to eat memory (lines and multi-line replies are capped), inject commands (arguments with CR, LF or
-NUL are refused before anything is sent) or make us delete letters that are not ours (we DELE only
-message numbers from this session's own UIDL listing, for letters whose token we verified).
+It only needs USER/PASS, UIDL, LIST n, TOP n 0, DELE and QUIT. A hostile or broken server must not
+make us delete letters that are not ours (we DELE only message numbers from this session's own UIDL
+listing, for letters whose token we verified) or read without bound (every listing and reply is
+capped in bytes and in lines: many tiny lines cost far more memory than their bytes).
 
-POP3 sees only the mail present at login, so a session is a snapshot: the probe reopens one for
-each poll. Deletions are committed only by QUIT; a session that ends any other way deletes nothing,
-which is why we never send QUIT after a failure.
+POP3 sees only the mail present at login, so a session is a snapshot: Pop3Mailbox logs in again
+for each look. Deletions are committed only by QUIT; a session that ends any other way deletes
+nothing, which is why we never send QUIT after a failure.
 """
 
 from __future__ import annotations
@@ -18,21 +17,23 @@ import contextlib
 import re
 import ssl
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from datetime import UTC
 from email.parser import BytesHeaderParser
 from email.utils import parsedate_to_datetime
 
-from exporter.config.load import IncomingConfig, Security
-from exporter.legs.mailbox import EXAMINE_BATCH, FoundLetter, LetterMemo, wanted
-from exporter.letter.recognise import BOUNCE_BYTES, Recognised, Signer, is_delivery_report, recognise
-from exporter.net import connect as net
-from exporter.net.connect import PhaseClock
-from exporter.probe.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure, server_text
+from exporter.clients.pop3 import Pop3Client
+from exporter.config.model import IncomingConfig, Security
+from exporter.legs.mailbox import EXAMINE_BATCH, Connect, FoundLetter, wanted
+from exporter.legs.memo import LetterMemo
+from exporter.letter.recognise import BOUNCE_BYTES, Recognised, is_delivery_report, recognise
+from exporter.letter.token import Signer
+from exporter.net.connect import GOODBYE_SECONDS, Connected
+from exporter.net.tls import GREETING_HINT, certificate_not_after, client_context
+from exporter.probe.clock import PhaseClock
+from exporter.probe.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
+from exporter.probe.phases import Phase
 
-LINE_LIMIT = 64 * 1024  # one reply line; RFC 1939 allows 512 octets, real servers stay far below
-# Multi-line replies are capped in bytes and in lines: many tiny lines cost far more memory than
-# their bytes (each becomes an object), so a byte cap alone would not bound memory.
 # A letter bigger than this is never one of ours (a probe letter is about 1 KB, plus the servers'
 # trace headers, a bounce of it a few KB): its headers are not read at all, whatever a sender put in them.
 LETTER_SIZE_LIMIT = 64 * 1024
@@ -45,182 +46,18 @@ UIDL_LIMIT = 16 * 1024 * 1024  # a listing
 UIDL_LINES = 200_000  # messages in the mailbox
 CAPA_LIMIT = 64 * 1024
 CAPA_LINES = 1_000
-REPLY_TEXT_LIMIT = 200  # how much of a server's text goes into an error message
-QUIT_TIMEOUT = 2.0  # close() is best effort and must not hold the probe up
 
 _UIDL_LINE = re.compile(rb"([1-9][0-9]{0,9}) ([\x21-\x7e]{1,70})")
 _LIST_REPLY = re.compile(r"[1-9][0-9]{0,9} ([0-9]{1,12})\b.*")
 
 
-class Pop3Client:
-    """One POP3 connection over asyncio streams. Raises only ProbeError subclasses (and CancelledError).
-
-    ``busy`` is set while a command's reply has not been read completely: the stream is then out of
-    step with the server, so nothing more may be sent on it (not even QUIT).
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.busy = False
-        self.commands_sent: Counter[str] = Counter()
-        self._secrets: list[str] = []
-
-    @classmethod
-    async def open(
-        cls, connected: net.Connected, tls: ssl.SSLContext | None = None, server_hostname: str | None = None
-    ) -> Pop3Client:
-        """Wrap an already connected socket; with ``tls``, do the implicit TLS handshake first."""
-        try:
-            reader, writer = await asyncio.open_connection(
-                sock=connected.sock,
-                ssl=tls,
-                server_hostname=server_hostname if tls else None,
-                limit=LINE_LIMIT,
-            )
-        except (OSError, EOFError) as exc:
-            connected.sock.close()
-            raise (net.tls_failure(exc) if tls else ProtocolFailure(f"cannot use the connection: {exc}")) from None
-        except BaseException:
-            connected.sock.close()
-            raise
-        return cls(reader, writer)
-
-    def hide(self, secret: str) -> None:
-        """Never let ``secret`` appear in an error message, even if the server echoes it."""
-        if secret:
-            self._secrets.append(secret)
-
-    # --- commands ------------------------------------------------------------------------------
-
-    async def greeting(self) -> str:
-        """Read the server's greeting; -ERR means it refuses us (busy, too many connections)."""
-        ok, text = await self._status("the greeting")
-        if not ok:
-            raise MailboxFailure(f"server refused the session: {text}")
-        return text
-
-    async def command(self, name: str, *args: str) -> tuple[bool, str]:
-        """Send a command, read its status line: (True, text) for +OK, (False, text) for -ERR."""
-        line = self.encode(name, *args)
-        self.busy = True
-        self.commands_sent[name] += 1
-        try:
-            self.writer.write(line)
-            await self.writer.drain()
-        except (OSError, RuntimeError) as exc:
-            raise self._closed_during(name, exc) from None
-        return await self._status(name)
-
-    async def simple(self, name: str, *args: str) -> str:
-        """A command whose -ERR is a mailbox failure naming the command."""
-        ok, text = await self.command(name, *args)
-        if not ok:
-            raise MailboxFailure(f"server refused {name}: {text}")
-        return text
-
-    async def multiline(self, name: str, *args: str, limit: int, max_lines: int) -> list[bytes]:
-        """A command with a multi-line +OK reply; returns its lines, dot-unstuffed, without CRLF."""
-        await self.simple(name, *args)
-        return await self.data_lines(name, limit, max_lines)
-
-    async def data_lines(self, name: str, limit: int, max_lines: int) -> list[bytes]:
-        """The data lines that follow a +OK to a multi-line command, up to the final "."."""
-        self.busy = True  # the data lines are still to come
-        lines: list[bytes] = []
-        total = 0
-        while True:
-            line = await self._line(name)
-            if line == b".":
-                self.busy = False
-                return lines
-            total += len(line) + 2
-            if total > limit or len(lines) >= max_lines:
-                raise ProtocolFailure(f"reply to {name} longer than {limit} bytes or {max_lines} lines")
-            lines.append(line[1:] if line.startswith(b".") else line)
-
-    async def quit(self) -> tuple[bool, str]:
-        ok, text = await self.command("QUIT")
-        self.busy = True  # QUIT ends the conversation: nothing may follow it
-        return ok, text
-
-    async def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
-        # Bytes that arrived after the STLS reply but before the handshake were sent in clear text
-        # and could be a man in the middle's forged replies: refuse rather than read them later as
-        # if they came over TLS (the STARTTLS injection attack, CVE-2011-0411 and friends).
-        # StreamReader has no public way to see its buffer, hence the private attribute.
-        if getattr(self.reader, "_buffer", b""):
-            raise ProtocolFailure("server sent data after its STLS reply, before TLS began")
-        self.busy = True
-        try:
-            await self.writer.start_tls(context, server_hostname=server_hostname)
-        except (OSError, EOFError) as exc:
-            raise net.tls_failure(exc) from None
-        self.busy = False
-
-    def ssl_object(self) -> ssl.SSLObject | None:
-        obj = self.writer.get_extra_info("ssl_object")
-        return obj if isinstance(obj, ssl.SSLObject) else None
-
-    def abort(self) -> None:
-        """Drop the connection without QUIT: the server then deletes nothing."""
-        self.busy = True
-        with contextlib.suppress(Exception):
-            self.writer.transport.abort()
-
-    # --- lines ---------------------------------------------------------------------------------
-
-    def encode(self, name: str, *args: str) -> bytes:
-        """The command line, refusing arguments that would smuggle in a second command."""
-        for arg in args:
-            if any(c in arg for c in "\r\n\0"):
-                # Never show the argument: for PASS it is the password.
-                raise ProtocolFailure(f"refusing to send {name}: an argument contains CR, LF or NUL")
-        if self.busy:
-            raise ProtocolFailure(f"refusing to send {name}: the connection is out of step with the server")
-        return " ".join((name, *args)).encode("utf-8") + b"\r\n"
-
-    async def _status(self, name: str) -> tuple[bool, str]:
-        line = await self._line(name)
-        self.busy = False
-        if line == b"+OK" or line.startswith(b"+OK "):
-            return True, self.printable(line[4:])
-        if line == b"-ERR" or line.startswith(b"-ERR "):
-            return False, self.printable(line[5:])
-        raise ProtocolFailure(f"unexpected reply to {name}: {self.printable(line)!r}")
-
-    async def _line(self, name: str) -> bytes:
-        self.busy = True
-        try:
-            line = await self.reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError:
-            raise ProtocolFailure(f"server sent a line longer than {LINE_LIMIT} bytes during {name}") from None
-        except asyncio.IncompleteReadError as exc:
-            raise self._closed_during(name, exc) from None
-        except ssl.SSLError as exc:
-            raise ProtocolFailure(f"TLS error during {name}: {exc.reason or exc}") from None
-        except OSError as exc:
-            raise self._closed_during(name, exc) from None
-        return line.rstrip(b"\r\n")
-
-    def _closed_during(self, name: str, exc: BaseException) -> ProtocolFailure:
-        detail = f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else ""
-        return ProtocolFailure(f"connection closed by the server during {name}{detail}")
-
-    def printable(self, raw: bytes) -> str:
-        """Server text fit for an error message (errors.server_text), without our secrets."""
-        return server_text(raw, REPLY_TEXT_LIMIT, hide=self._secrets)
-
-
 class Pop3Session:
-    """An authenticated POP3 session: the MailboxSession of exporter.mailbox.
+    """An authenticated POP3 session: the MailboxSession of legs.mailbox.
 
     ``memo`` is shared by the caller across the sessions of one mailbox, so each letter's headers
     are read only once: foreign ones for good, ours until one of them is wanted (and then only to
     verify it in the session that deletes it).
     """
-
-    snapshot = True  # sees only mail present at login: poll by opening a new session
 
     def __init__(self, client: Pop3Client, signer: Signer, memo: LetterMemo, address: str) -> None:
         self.client = client
@@ -277,9 +114,9 @@ class Pop3Session:
                 await self.client.simple("DELE", str(number))
             await self._commit()
 
-    async def wait_for_change(self, seconds: float) -> None:
-        """POP3 has no push: only time passes (the prober reopens snapshot sessions to see new mail)."""
-        await asyncio.sleep(seconds)
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def close(self) -> None:
         """QUIT if the session is in a clean state, else just drop it (deleting nothing)."""
@@ -290,7 +127,7 @@ class Pop3Session:
             # Best effort: the server may be gone already, and then there is nothing to tell it.
             with contextlib.suppress(Exception):
                 if not self.client.busy and not self._deleting:
-                    async with asyncio.timeout(QUIT_TIMEOUT):
+                    async with asyncio.timeout(GOODBYE_SECONDS):
                         await self.client.quit()
                         self.client.writer.close()
                         await self.client.writer.wait_closed()
@@ -392,29 +229,30 @@ def received_time(headers: bytes) -> float | None:
 
 
 async def open_session(
-    config: IncomingConfig, connected: net.Connected, clock: PhaseClock, signer: Signer, memo: LetterMemo
+    config: IncomingConfig, connected: Connected, clock: PhaseClock, signer: Signer, memo: LetterMemo
 ) -> Pop3Session:
     """TLS, greeting and login on a connected socket, in the phases IMAP uses: the implicit TLS
     handshake in mailbox_tls, the greeting in mailbox_login (with the hint about implicit-TLS ports
     unless TLS came first), STLS and its handshake in mailbox_tls, USER/PASS in mailbox_login."""
-    implicit = config.security is Security.TLS
-    context = net.client_context(config.tls)
+    server = config.server
+    implicit = server.security is Security.TLS
+    context = client_context(server.tls)
     client: Pop3Client | None = None
     try:
         if implicit:
-            async with clock.phase("mailbox_tls"):
-                client = await Pop3Client.open(connected, context, config.host)
+            async with clock.phase(Phase.MAILBOX_TLS):
+                client = await Pop3Client.open(connected, context, server.host)
         else:
             client = await Pop3Client.open(connected)
-        async with clock.phase("mailbox_login", hint="" if implicit else net.GREETING_HINT):
+        async with clock.phase(Phase.MAILBOX_LOGIN, hint="" if implicit else GREETING_HINT):
             await client.greeting()
-        if config.security is Security.STARTTLS:
-            async with clock.phase("mailbox_tls"):
-                await _start_tls(client, context, config.host)
+        if server.security is Security.STARTTLS:
+            async with clock.phase(Phase.MAILBOX_TLS):
+                await _start_tls(client, context, server.host)
         session = Pop3Session(client, signer, memo, connected.address)
-        if config.security is not Security.NONE:
-            session.certificate_not_after = net.certificate_not_after(client.ssl_object())
-        async with clock.phase("mailbox_login", accumulate=True):
+        if server.security is not Security.NONE:
+            session.certificate_not_after = certificate_not_after(client.ssl_object())
+        async with clock.phase(Phase.MAILBOX_LOGIN, accumulate=True):
             await _login(client, config)
         return session
     except BaseException:
@@ -444,8 +282,8 @@ async def _capabilities(client: Pop3Client) -> set[str]:
 
 
 async def _login(client: Pop3Client, config: IncomingConfig) -> None:
-    user = config.user or ""
-    password = config.password.reveal() if config.password is not None else ""
+    user = config.server.user or ""
+    password = config.server.password.reveal() if config.server.password is not None else ""
     client.hide(password)
     # Check both before sending either: a bad password must not leave a half-done login behind.
     client.encode("USER", user)
@@ -454,3 +292,52 @@ async def _login(client: Pop3Client, config: IncomingConfig) -> None:
         ok, text = await client.command(name, arg)
         if not ok:
             raise AuthFailure(f"server refused {name}: {text}")
+
+
+class Pop3Mailbox:
+    """The MailboxSession over POP3: a POP3 session sees only the mail present at login, so each
+    look after a pause is a new login (a Pop3Session), and a pause ends the session: a POP3 server
+    may lock the mailbox while one is open, and a concurrent probe of the same task must get in."""
+
+    sees_new_mail = False
+
+    def __init__(self, login: Callable[[], Awaitable[Pop3Session]], first: Pop3Session) -> None:
+        self._login = login
+        self._session: Pop3Session | None = first
+        self.address = first.address
+        self.certificate_not_after = first.certificate_not_after
+
+    def _current(self) -> Pop3Session:
+        if self._session is None:
+            raise MailboxFailure("the POP3 session is already closed")
+        return self._session
+
+    async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
+        return await self._current().find(tokens, sweep_before)
+
+    async def delete(self, letters: Collection[FoundLetter]) -> None:
+        await self._current().delete(letters)
+
+    async def pause(self, seconds: float) -> None:
+        await self.close()
+        await asyncio.sleep(seconds)
+
+    async def resume(self) -> None:
+        if self._session is not None and not self._session.closed:
+            return
+        session = self._session = await self._login()
+        self.address, self.certificate_not_after = session.address, session.certificate_not_after
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+async def open_mailbox(
+    config: IncomingConfig, connect: Connect, clock: PhaseClock, signer: Signer, memo: LetterMemo
+) -> Pop3Mailbox:
+    async def login() -> Pop3Session:
+        return await open_session(config, await connect(), clock, signer, memo)
+
+    return Pop3Mailbox(login, await login())

@@ -1,9 +1,4 @@
-"""The probe letter and its token.
-
-A token is ``<unix time>-<random>-<signature>``; the signature is an HMAC over the rest under the
-install's signing key, so the exporter can prove a letter is its own before counting or deleting it.
-The token travels in a dedicated header, the Subject and the Message-ID, since servers differ in
-which headers they can search.
+"""Is a letter in the mailbox our probe letter itself, or a bounce of one? Nothing else is ever ours.
 
 A token alone never makes a letter ours: replies, forwards, digests and bounces quote it too. Only
 ``recognise`` decides, from the letter's own identity (see there); the probe deletes nothing else.
@@ -11,24 +6,15 @@ A token alone never makes a letter ours: replies, forwards, digests and bounces 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
-import secrets
-import time
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
-from email.utils import formatdate
 
-from exporter.probe.errors import server_text
+from exporter.letter.compose import HEADER, message_id, subject
+from exporter.letter.token import Signer, Token
+from exporter.sanitise import server_text
 
-HEADER = "X-Mail-Roundtrip-Probe"
-SUBJECT_PREFIX = "[mail-roundtrip-exporter] test letter"
-TOKEN_PREFIX = "mrt-"
-_TOKEN = re.compile(r"\bmrt-(\d{10})-([0-9a-f]{16})-([0-9a-f]{20})\b")
-_MESSAGE_ID_DOMAIN = "mail-roundtrip-exporter.invalid"
 # Headers that mark a letter as made from another one (a reply, a forward, a resend) rather than as
 # the letter itself. Resent-* is added by "redirect"/"bounce" in mail programs (RFC 5322 3.6.6).
 _DERIVED = (
@@ -48,80 +34,6 @@ _OWN_CONTENT_TYPES = ("text/plain", "multipart/mixed", "multipart/alternative")
 # Every header field the recogniser reads: IMAP fetches exactly these (POP3 gets the whole block).
 RECOGNISED_FIELDS = (HEADER, "Message-ID", "Subject", "Content-Type", *_DERIVED)
 BOUNCE_BYTES = 64 * 1024  # how much of a bounce is read: its report and the returned headers come first
-
-
-@dataclass(frozen=True)
-class Token:
-    value: str
-    created: float  # Unix time the token was made, as written in it
-
-
-class Signer:
-    """Makes and checks tokens under one key."""
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def __repr__(self) -> str:
-        return "Signer(key=********)"
-
-    def new_token(self, now: float | None = None) -> Token:
-        created = int(now if now is not None else time.time())
-        base = f"mrt-{created:010d}-{secrets.token_hex(8)}"
-        return Token(f"{base}-{self._sign(base)}", float(created))
-
-    def exact(self, text: str) -> Token | None:
-        """``text`` if it is one correctly signed token and nothing else (surrounding blanks aside);
-        None if forged, truncated, absent or merely quoted among other words."""
-        match = _TOKEN.fullmatch(text.strip())
-        if match is None or not hmac.compare_digest(self._sign(match.group(0).rsplit("-", 1)[0]), match.group(3)):
-            return None
-        return Token(match.group(0), float(match.group(1)))
-
-    def _sign(self, base: str) -> str:
-        return hmac.new(self._key, base.encode(), hashlib.sha256).hexdigest()[:20]
-
-
-def build_letter(token: Token, sender: str, destination: str, device: str, task: str) -> bytes:
-    """The probe letter, ready for DATA.
-
-    Written out directly rather than with email.message: every value is ASCII without CR/LF (the
-    config loader checks addresses and names), and the email package costs more CPU than the rest
-    of a probe's own work put together.
-    """
-    headers = (
-        f"From: {sender}",
-        f"To: {destination}",
-        f"Subject: {subject(token)}",
-        f"Date: {formatdate(token.created, localtime=False)}",
-        f"Message-ID: {message_id(token)}",
-        f"{HEADER}: {token.value}",
-        "Auto-Submitted: auto-generated",
-        "X-Auto-Response-Suppress: All",
-        "MIME-Version: 1.0",
-        "Content-Type: text/plain; charset=us-ascii",
-        "Content-Transfer-Encoding: 7bit",
-    )
-    body = (
-        "This is an automated test letter from mail-roundtrip-exporter, a monitor that checks",
-        "that e-mail sent through the SMTP server arrives in this mailbox.",
-        "",
-        f"Device: {device}",
-        f"Task: {task}",
-        f"Token: {token.value}",
-        "",
-        "The monitor deletes this letter itself when it finds it. If you see it, the monitor",
-        "missed it (it was late, or the monitor stopped); it is safe to delete.",
-    )
-    return "\r\n".join((*headers, "", *body, "")).encode("ascii", errors="replace")
-
-
-def subject(token: Token) -> str:
-    return f"{SUBJECT_PREFIX} {token.value}"
-
-
-def message_id(token: Token) -> str:
-    return f"<{token.value}@{_MESSAGE_ID_DOMAIN}>"
 
 
 @dataclass(frozen=True)

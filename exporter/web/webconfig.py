@@ -17,16 +17,16 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter.config.load import Node, as_bool, as_string, existing_file, read_yaml, ssl_reason
+from exporter.config.fields import Node, as_bool, as_string, choice, existing_file, ssl_reason
+from exporter.config.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def load_web_config(path: str | Path) -> WebConfig:
     return parse_web_config(read_yaml(path), str(path), path.parent)
 
 
-def parse_web_config(data: Any, source: str, base_dir: Path) -> WebConfig:
+def parse_web_config(data: object, source: str, base_dir: Path) -> WebConfig:
     root = Node(data if data is not None else {}, "", source)
     _refuse_unsupported(root, _UNSUPPORTED_TOP)
     context = _tls(root.child("tls_server_config"), base_dir) if root.has("tls_server_config") else None
@@ -123,16 +123,6 @@ def _refuse_unsupported(node: Node, keys: Mapping[str, str]) -> None:
         node.used.add(key)
         if node.data.get(key):
             raise node.error(why, key)
-
-
-def _choice(choices: Mapping[str, Any]) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        text = as_string(value)
-        if text not in choices:
-            raise ValueError(f"must be one of {'|'.join(choices)}, got {text!r}")
-        return choices[text]
-
-    return convert
 
 
 def _tls(node: Node, base_dir: Path) -> ssl.SSLContext:
@@ -158,7 +148,7 @@ def _tls(node: Node, base_dir: Path) -> ssl.SSLContext:
 
 def _client_auth(node: Node, context: ssl.SSLContext, base_dir: Path) -> None:
     names = {name: name for name in [*_CLIENT_AUTH, *_CLIENT_AUTH_UNSUPPORTED]}
-    name = node.get("client_auth_type", _choice(names), "NoClientCert")
+    name = node.get("client_auth_type", choice(names), "NoClientCert")
     if name in _CLIENT_AUTH_UNSUPPORTED:
         raise node.error(_CLIENT_AUTH_UNSUPPORTED[name], "client_auth_type")
     ca_file = node.get("client_ca_file", existing_file(base_dir), None)
@@ -178,8 +168,8 @@ def _client_auth(node: Node, context: ssl.SSLContext, base_dir: Path) -> None:
 
 
 def _versions(node: Node, context: ssl.SSLContext) -> None:
-    minimum = node.get("min_version", _choice(_TLS_VERSIONS), ssl.TLSVersion.TLSv1_2)
-    maximum = node.get("max_version", _choice(_TLS_VERSIONS), None)
+    minimum = node.get("min_version", choice(_TLS_VERSIONS), ssl.TLSVersion.TLSv1_2)
+    maximum = node.get("max_version", choice(_TLS_VERSIONS), None)
     if maximum is not None and maximum < minimum:
         raise node.error("is lower than min_version", "max_version")
     context.minimum_version = minimum

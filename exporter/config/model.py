@@ -1,0 +1,206 @@
+"""The configuration model: devices holding tasks, as frozen dataclasses, and the documented bounds.
+
+README (Configuration, Bounds) documents every default and bound here; config.load enforces them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from exporter import files
+
+DEFAULT_INTERVAL = 300.0
+
+
+DEFAULT_COMPLETION_TIMEOUT = 120.0
+
+
+DEFAULT_EMAIL_TIMEOUT = 600.0
+
+
+DEFAULT_POLL_INTERVAL = 5.0
+
+
+DEFAULT_MAX_IN_FLIGHT = 3
+
+
+# Bounds (README: Configuration, Bounds). Durations in seconds, (shortest, longest).
+INTERVAL_BOUNDS = (1.0, 86400.0)
+
+
+COMPLETION_TIMEOUT_BOUNDS = (0.1, 3600.0)
+
+
+MAX_EMAIL_TIMEOUT = 3600.0
+
+
+EMAIL_TIMEOUT_BOUNDS = (1.0, MAX_EMAIL_TIMEOUT)
+
+
+POLL_INTERVAL_BOUNDS = (0.1, 3600.0)
+
+
+DNS_TIMEOUT_BOUNDS = (0.01, 600.0)
+
+
+MAX_IN_FLIGHT_LIMIT = 100
+
+
+MAX_TEXT = 4096  # characters in any string setting (paths, header values, ...)
+
+
+MAX_USER = 255
+
+
+MAX_PASSWORD = 1024
+
+
+MAX_ADDRESS = 254  # RFC 5321: a path is at most 256 octets with its angle brackets
+
+
+MAX_MAILBOX = 255
+
+
+# Files: every read is capped (exporter.files); the YAML of a config is bounded after parsing too.
+MAX_CONFIG_BYTES = 2 * files.MIB
+
+
+MAX_PASSWORD_FILE_BYTES = 4 * files.KIB
+
+
+MAX_CERTIFICATE_FILE_BYTES = files.MIB  # a CA bundle (Debian's is ~220 KB), certificate or key
+
+
+MAX_YAML_DEPTH = 64
+
+
+MAX_YAML_NODES = 200_000  # counted with every alias expanded: ~8,000 tasks; an alias bomb stops here
+
+
+class ConfigError(Exception):
+    """A configuration problem, already formatted as ``file: path: what is wrong``."""
+
+
+class Security(StrEnum):
+    TLS = "tls"  # implicit TLS from the first byte (465, 993, 995)
+    STARTTLS = "starttls"  # plain connect, then upgrade; refusing to go on without TLS
+    NONE = "none"  # clear text
+
+
+class Protocol(StrEnum):
+    IMAP = "imap"
+    POP3 = "pop3"
+
+
+class DNSMode(StrEnum):
+    DEVICE_CACHED = "device_cached"
+    NON_CACHED = "non_cached"
+    TTL_CACHED = "ttl_cached"
+    EXTERNAL = "external"
+    SYSTEM = "system"
+
+
+class Secret:
+    """A password that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    ca_file: str | None = None
+    # Loudly named on purpose: turning verification off must be visible in every config review.
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One leg's server: where to connect, how to secure it, and who to log in as."""
+
+    host: str
+    port: int
+    security: Security
+    tls: TLSOptions
+    user: str | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class IncomingConfig:
+    """The mailbox leg: its server (described as the SMTP leg's is) and what to read there."""
+
+    server: ServerConfig
+    protocol: Protocol = Protocol.IMAP
+    mailbox: str = "INBOX"
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+
+
+@dataclass(frozen=True)
+class DNSHost:
+    address: str
+    name: str
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    mode: DNSMode = DNSMode.DEVICE_CACHED
+    servers: tuple[tuple[str, int], ...] = ()
+    hosts: tuple[DNSHost, ...] = ()
+    timeout: float | None = None  # per query; bounded by the completion timeout anyway
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    destination: str
+    sender: str
+    smtp: ServerConfig
+    incoming: IncomingConfig
+    completion_timeout: float = DEFAULT_COMPLETION_TIMEOUT
+    email_timeout: float = DEFAULT_EMAIL_TIMEOUT
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    dns_mode: DNSMode | None = None  # overrides the device's mode
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    interval: float
+    dns: DNSConfig
+    tasks: tuple[TaskConfig, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    devices: tuple[DeviceConfig, ...]
+    source: str = "<config>"
+
+    def tasks(self) -> list[tuple[DeviceConfig, TaskConfig]]:
+        return [(device, task) for device in self.devices for task in device.tasks]
+
+    def unverified_legs(self) -> list[str]:
+        """``device/task/leg`` of every leg whose certificate verification is turned off."""
+        return [
+            f"{device.name}/{task.name}/{leg}"
+            for device, task in self.tasks()
+            for leg, server in (("smtp", task.smtp), ("incoming", task.incoming.server))
+            if server.tls.insecure_skip_verify
+        ]

@@ -1,0 +1,30 @@
+"""The table of mailbox legs: how a session is opened, by protocol (as blackbox_exporter's Probers).
+
+A new way to read a mailbox (a new protocol, another login flow) is one entry here; the probe loop
+does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from exporter.config.model import IncomingConfig, Protocol
+from exporter.legs import imap, pop3
+from exporter.legs.mailbox import Connect, MailboxSession
+from exporter.legs.memo import LetterMemo
+from exporter.letter.token import Signer
+from exporter.probe.clock import PhaseClock
+
+Opener = Callable[[IncomingConfig, Connect, PhaseClock, Signer, LetterMemo], Awaitable[MailboxSession]]
+
+MAILBOX_LEGS: dict[Protocol, Opener] = {
+    Protocol.IMAP: imap.open_mailbox,
+    Protocol.POP3: pop3.open_mailbox,
+}
+
+
+async def open_mailbox(
+    config: IncomingConfig, connect: Connect, clock: PhaseClock, signer: Signer, memo: LetterMemo
+) -> MailboxSession:
+    """An authenticated session (the opener owns the socket from ``connect`` on: it closes it on failure)."""
+    return await MAILBOX_LEGS[config.protocol](config, connect, clock, signer, memo)

@@ -1,0 +1,47 @@
+"""What a probe reports: success, or exactly one failure reason, with per-phase timings, one record
+per leg, and the delivery time (SMTP server accepted the letter -> the letter was seen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter.probe.errors import Reason
+from exporter.probe.phases import Leg, Phase
+
+
+@dataclass
+class LegResult:
+    """What one leg (SMTP out, the mailbox in) learnt about its server."""
+
+    address: str | None = None  # which address of the host answered
+    dns_cached: bool | None = None  # was the host's answer a cache hit (None: not looked up)
+    certificate_not_after: float | None = None  # Unix time; None without TLS or unverified
+
+
+@dataclass
+class ProbeResult:
+    device: str
+    task: str
+    token: str
+    started: float  # Unix time
+    success: bool = False
+    reason: Reason | None = None
+    error: str | None = None  # human-readable, phase first; never contains a secret
+    failed_phase: Phase | None = None  # the phase the failure happened in
+    phases: dict[Phase, float] = field(default_factory=dict)  # seconds per phase
+    smtp: LegResult = field(default_factory=LegResult)
+    mailbox: LegResult = field(default_factory=LegResult)
+    delivery_seconds: float | None = None  # accepted -> seen, our clock
+    server_delivery_seconds: float | None = None  # accepted -> the mailbox server's arrival time
+    smtp_reply: str | None = None
+    accepted_wall: float | None = None
+    swept: int = 0  # leftover letters of earlier runs this probe deleted
+    finished: float = 0.0
+
+    @property
+    def sent(self) -> bool:
+        """The SMTP server took the letter: it may still arrive later (late arrival)."""
+        return self.accepted_wall is not None
+
+    def legs(self) -> dict[Leg, LegResult]:
+        return {Leg.SMTP: self.smtp, Leg.MAILBOX: self.mailbox}
