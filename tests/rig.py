@@ -677,8 +677,9 @@ class MailRig:
 
         A letter the held transport was still deferring while the reload ran (its delivery agent
         outlives the old queue manager) lands in the deferred queue after the flush, where it would
-        wait minutes for the next queue run. So: flush until no letter is in flight and none waits
-        for the hold any more.
+        wait minutes for the next queue run; one that was active when the reload stopped the queue
+        manager waits until something starts a new one. So: flush until no letter is in flight and
+        none waits for the hold any more.
         """
         self._set_defer_transports("")
         self.wait_for(self._held_letters_flushed, START_TIMEOUT, "held letters to leave the deferred queue")
@@ -688,9 +689,12 @@ class MailRig:
             return True
         entries = self.queue()
         held = [entry for entry in entries if entry.get("queue_name") == "deferred" and _deferred_by_hold(entry)]
-        if held:
+        active = [entry for entry in entries if entry.get("queue_name") == "active"]
+        # A letter still active when the reload stopped the queue manager waits for the next one, which
+        # the master starts only on demand: postqueue -f is that demand (seen after a Postfix restart).
+        if held or active:
             self.flush()
-        return not held and not any(entry.get("queue_name") == "active" for entry in entries)
+        return not held and not active
 
     def flush(self) -> None:
         """Ask Postfix to retry all deferred mail now (postqueue -f); no-op while stopped."""
