@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from exporter.config.model import Config, DeviceConfig, TaskConfig
-from exporter.exposition.stats import TaskStats
+from exporter.exposition.stats import TaskInfo, TaskStats
 from exporter.legs.mailbox import FoundLetter
 from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun, ResolverCache
@@ -54,7 +54,8 @@ class TaskRunner:
         self.device = device.name
         self.task = task
         self.signer = signer
-        self.stats = TaskStats(device.name, task.name, device.interval, task.email_timeout)
+        info = TaskInfo(task.incoming.protocol.value, task.smtp.host, task.incoming.server.host)
+        self.stats = TaskStats(device.name, task.name, device.interval, task.email_timeout, info)
         self.mailbox = Mailbox(task.incoming, signer, on_late=self._late_arrival)
         self.probes: set[asyncio.Task[None]] = set()
         self.slot: Slot | None = None  # set by the scheduler

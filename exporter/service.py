@@ -6,7 +6,9 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client import exposition as text_exposition
@@ -28,10 +30,19 @@ def warn_unverified(config: Config) -> None:
         log.warning("TLS certificate verification is OFF (insecure_skip_verify)", extra={"leg": leg})
 
 
+class Reloadable(Protocol):
+    """Another file a reload reads again (the web config): ``prepare`` loads and checks it, raising if
+    it is broken, and returns what puts it in force. Nothing changes unless every file loads."""
+
+    def prepare(self) -> Callable[[], None]: ...
+
+
 class Exporter:
-    def __init__(self, config_path: Path, config: Config, signer: Signer) -> None:
+    def __init__(self, config_path: Path, config: Config, signer: Signer, also: Sequence[Reloadable] = ()) -> None:
         self.config_path = config_path
         self.config = config
+        self.also_reloaded = also
+        self.ready = False  # the config is loaded and the scheduler runs: /-/ready says 200
         self.scheduler = Scheduler(signer)
         self.reload_status = ReloadStatus()
         self.registry = CollectorRegistry()  # the exporter's own and the process's metrics
@@ -49,16 +60,21 @@ class Exporter:
 
     async def start(self) -> None:
         await self.scheduler.apply(self.config)
+        self.ready = True
         log.info("exporter started", extra={"tasks": len(self.config.tasks()), "devices": len(self.config.devices)})
 
     async def reload(self) -> str | None:
-        """Load the config file again; a bad one is rejected and the old one keeps running. Never raises:
-        whatever goes wrong is the metric at 0, one log line and the returned line (POST /-/reload's 500)."""
+        """Load the config file (and the web config) again; if either is bad, both old ones keep running.
+        Never raises: whatever goes wrong is the metric at 0, one log line and the returned line (POST
+        /-/reload's 500)."""
         async with self._reload_lock:
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
+                commits = [await asyncio.to_thread(other.prepare) for other in self.also_reloaded]
                 warn_unverified(config)
                 await self.scheduler.apply(config)
+                for commit in commits:
+                    commit()
             except Exception as exc:  # not only ConfigError: a bug must not become a lost task's traceback
                 error = describe_failure(self.config_path, exc)
                 self.reload_status.successful = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from exporter.config.load import parse_config
@@ -76,6 +78,22 @@ def task_dict(
     }
     task.update(extra)
     return task
+
+
+def unreachable_task(port: int, name: str = "t") -> dict[str, Any]:
+    """A task whose servers do not exist (nothing listens on ``port``): its probes fail with reason
+    connect, for tests of the exporter around the probes."""
+    return {
+        "name": name,
+        "destination": "probe@example.test",
+        "smtp": {"host": f"127.0.0.1:{port}", "security": "none"},
+        "incoming": {"protocol": "pop3", "host": f"127.0.0.1:{port}", "security": "none", "user": "u", "password": "p"},
+    }
+
+
+def exporter_command(config: Path, key: Path, *flags: str) -> list[str]:
+    """The exporter as a process, as the tests start it."""
+    return [sys.executable, "-m", "exporter", "--config.file", str(config), "--signing.key-file", str(key), *flags]
 
 
 def config_of(*tasks: dict[str, Any], device: str = "rig", **device_extra: Any) -> Config:

@@ -91,7 +91,7 @@ def _limit_memory() -> None:
 
 def config_check(path: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "exporter", "--config.check", "--config.file", str(path)],
+        [sys.executable, "-m", "exporter", "--config.check-secrets", "--config.file", str(path)],
         capture_output=True,
         text=True,
         timeout=HANG_GUARD,

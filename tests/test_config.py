@@ -206,3 +206,25 @@ def test_config_check_exit_codes(tmp_path: Path) -> None:
     assert broken.returncode == 1
     assert broken.stderr.strip().count("\n") == 0
     assert "devices[0].tasks[0].completion_timeout" in broken.stderr
+
+
+def test_config_check_needs_no_secrets_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config.check validates a config on a machine without its secrets (CI, a reviewer's laptop);
+    --config.check-secrets reads them too. Neither reads a secret it does not need to."""
+    monkeypatch.delenv("UNSET_PROBE_PASSWORD", raising=False)
+    data = minimal(smtp={"host": "h", "user": "u", "password_env": "UNSET_PROBE_PASSWORD"})
+    data["devices"][0]["tasks"][0]["incoming"].update(password=None, password_file="absent/password.txt")
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(data))
+    run = [sys.executable, "-m", "exporter", "--config.file", str(path)]
+    shape = subprocess.run([*run, "--config.check"], capture_output=True, text=True, check=False)
+    assert shape.returncode == 0, shape.stderr
+    assert "secrets not read" in shape.stdout
+    secrets = subprocess.run([*run, "--config.check-secrets"], capture_output=True, text=True, check=False)
+    assert secrets.returncode == 1, secrets.stdout
+    assert "UNSET_PROBE_PASSWORD" in secrets.stderr and "is not set" in secrets.stderr
+    # The shape is still checked without secrets: two password sources are one too many.
+    data["devices"][0]["tasks"][0]["smtp"]["password"] = "x"
+    path.write_text(yaml.safe_dump(data))
+    both = subprocess.run([*run, "--config.check"], capture_output=True, text=True, check=False)
+    assert both.returncode == 1 and "give only one of password" in both.stderr, both.stderr

@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exposition.render import SelfCollector, render_tasks
-from exporter.exposition.stats import ReloadStatus, TaskStats
+from exporter.exposition.stats import ReloadStatus, TaskInfo, TaskStats
+from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Phase
 from exporter.probe.result import LegResult, ProbeResult
@@ -50,8 +51,8 @@ def _probe_result() -> ProbeResult:
         started=now - 2,
         success=True,
         phases=dict.fromkeys(Phase, 0.1),
-        smtp=LegResult(dns_cached=True, certificate_not_after=now + 86400),
-        mailbox=LegResult(dns_cached=False, certificate_not_after=now + 86400),
+        smtp=LegResult(dns_cached=True, tls=TLSFacts("TLSv1.3", "TLS_AES_256_GCM_SHA384", now + 86400)),
+        mailbox=LegResult(dns_cached=False, tls=TLSFacts("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", now + 86400)),
         delivery_seconds=1.5,
         server_delivery_seconds=1.0,
         accepted_wall=now - 1,
@@ -80,7 +81,7 @@ def scrape_text(stats: TaskStats) -> str:
 
 def exported() -> tuple[set[str], set[str]]:
     """(sample names, label names) the exporter's collector produces, rendered as Prometheus scrapes it."""
-    stats = TaskStats("d", "t", 60.0, 600.0)
+    stats = TaskStats("d", "t", 60.0, 600.0, TaskInfo("imap", "smtp.example.test", "imap.example.test"))
     stats.record(_probe_result())
     text = scrape_text(stats)
     names: set[str] = set()
@@ -104,7 +105,7 @@ def exporter_labels() -> set[str]:
 
 def test_the_fake_source_fills_every_metric_family() -> None:
     """Guards the fixture: a family without samples would make the name checks below too strict or too lenient."""
-    stats = TaskStats("d", "t", 60.0, 600.0)
+    stats = TaskStats("d", "t", 60.0, 600.0, TaskInfo("imap", "smtp.example.test", "imap.example.test"))
     stats.record(_probe_result())
     empty = [f.name for f in text_string_to_metric_families(scrape_text(stats)) if not f.samples]
     assert not empty, f"_probe_result() leaves these families empty: {empty}"

@@ -691,10 +691,11 @@ async def test_dovecot_login_each_way(mailbox: MailRig, security: Security) -> N
     session = await dovecot_session(mailbox, security)
     assert session.address == "127.0.0.1"
     if security is Security.NONE:
-        assert session.certificate_not_after is None
+        assert session.tls is None
     else:
-        assert session.certificate_not_after is not None
-        assert session.certificate_not_after > time.time() + 300 * 86400  # the rig's cert: one year
+        assert session.tls is not None and session.tls.not_after is not None
+        assert session.tls.not_after > time.time() + 300 * 86400  # the rig's cert: one year
+        assert session.tls.version.startswith("TLSv1.")
     assert await session.find({SIGNER.new_token().value}) == []
     await session.close()
     await session.close()

@@ -29,8 +29,9 @@ from exporter import cli
 from exporter.config.load import load_config, parse_config
 from exporter.config.model import ConfigError
 from exporter.probe.result import ProbeResult
+from exporter.report import render_report
 from tests.rig import MailRig, free_ports, wait_for
-from tests.tasks import SIGNER, task_dict
+from tests.tasks import SIGNER, exporter_command, task_dict
 
 CANARY = "Pa55-leak-canary-XYZ"
 # With a quote and a backslash: IMAP sends it quoted and escaped, logfmt and JSON escape it again.
@@ -135,31 +136,18 @@ def served(
     config = tmp_path / "config.yml"
     write_config(config, leaky_tasks(rig))
     port = free_ports(1)[0]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config.file",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--signing.key-file",
-            str(tmp_path / "key"),
-            "--log.level",
-            "debug",
-            "--log.format",
-            request.param,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    flags = ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug", "--log.format", request.param]
+    # Files, not pipes: at debug every protocol line is logged, and a pipe nobody reads until the
+    # end would fill up and stall the exporter.
+    with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
+        process = subprocess.Popen(
+            exporter_command(config, tmp_path / "key", *flags), stdout=stdout, stderr=stderr, text=True
+        )
     url = f"http://127.0.0.1:{port}"
     yield process, url, config
     if process.poll() is None:
         process.kill()
-        process.communicate()
+        process.wait()
 
 
 def value(metrics: str, name: str, **labels: str) -> float | None:
@@ -197,7 +185,8 @@ def test_served_exporter_never_shows_a_password(rig: MailRig, served: tuple[subp
     wait_for(lambda: "config_last_reload_successful 1.0" in fetch(url + "/metrics")[1], 30, "the good reload")
 
     process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=30)
+    process.wait(timeout=30)
+    stdout, stderr = ((config.parent / name).read_text() for name in ("stdout", "stderr"))
     assert process.returncode == 0, stderr
     pages |= {"stdout": stdout, "stderr": stderr}
     for where, text in pages.items():
@@ -282,7 +271,7 @@ async def test_objects_and_log_records_never_show_a_password(
     outcomes = {r.task: r.error or "ok" for r in results}
     assert sorted(r.task for r in results if r.success) == sorted(RIGHT), outcomes
 
-    texts = {"report": cli.render_report(results)}
+    texts = {"report": render_report(results)}
     for i, obj in enumerate([*_walk(config), *_walk(results)]):
         texts[f"repr/str #{i} ({type(obj).__name__})"] = repr(obj) + "\n" + str(obj)
     # Only the exporter's own records: logs.setup holds third-party loggers at WARNING (the subprocess

@@ -13,12 +13,12 @@ import logging
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.cli import render_report
 from exporter.exposition.stats import TaskStats
 from exporter.logs import JSONFormatter, LogfmtFormatter
 from exporter.probe.errors import ProtocolFailure, Reason
 from exporter.probe.phases import Phase
 from exporter.probe.result import LegResult, ProbeResult
+from exporter.report import render_report
 from exporter.sanitise import HIDDEN, MESSAGE_LIMIT, SERVER_TEXT_LIMIT, server_text
 from exporter.web.status import _row
 

@@ -25,8 +25,10 @@ import pytest
 import yaml
 
 from exporter import cli
-from exporter.web.webconfig import BasicAuth, load_web_config
+from exporter.web.guard import BasicAuth
+from exporter.web.webconfig import load_web_config
 from tests.rig import free_ports, wait_for
+from tests.tasks import unreachable_task
 
 USER, PASSWORD = "prometheus", "scrape-pw-1"
 # Cost 4 (the minimum): the tests check behaviour, not bcrypt's strength, and stay fast.
@@ -129,19 +131,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 
 def write_config(directory: Path) -> Path:
-    closed = free_ports(1)[0]  # nothing listens here: probes fail with reason connect, which is fine
-    task = {
-        "name": "t",
-        "destination": "probe@example.test",
-        "smtp": {"host": f"127.0.0.1:{closed}", "security": "none"},
-        "incoming": {
-            "protocol": "pop3",
-            "host": f"127.0.0.1:{closed}",
-            "security": "none",
-            "user": "u",
-            "password": "p",
-        },
-    }
+    task = unreachable_task(free_ports(1)[0])
     path = directory / "config.yml"
     path.write_text(yaml.safe_dump({"devices": [{"name": "d", "interval": "1h", "tasks": [task]}]}))
     return path
@@ -657,3 +647,88 @@ def test_relative_paths_are_relative_to_the_web_config(pki: PKI, tmp_path: Path)
     config = load_web_config(path)
     assert config.ssl_context is not None and set(config.users) == {USER}
     assert HASH not in repr(config)
+
+
+# --- the web config is read again on reload ----------------------------------------------------------
+
+
+def post_reload(exporter: Exporter, context: ssl.SSLContext | None) -> tuple[int, str]:
+    connection = http.client.HTTPSConnection("127.0.0.1", exporter.port, context=context, timeout=30)
+    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    try:
+        connection.request("POST", "/-/reload", headers={"Authorization": auth})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def served_certificate(exporter: Exporter, context: ssl.SSLContext) -> str:
+    """The common name of the certificate a new connection gets."""
+    with (
+        socket.create_connection(("127.0.0.1", exporter.port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+    ):
+        certificate: dict[str, Any] = dict(tls.getpeercert() or {})
+    names = [value for rdn in certificate["subject"] for key, value in rdn if key == "commonName"]
+    return str(names[0])
+
+
+def reload_metric(exporter: Exporter, context: ssl.SSLContext, auth: tuple[str, str]) -> str:
+    body = get(exporter, context=context, auth=auth)[2]
+    line = next(line for line in body.splitlines() if line.startswith("mail_roundtrip_exporter_config_last_reload_s"))
+    return line.split()[-1]
+
+
+def test_reload_puts_a_renewed_certificate_and_new_users_in_force(pki: PKI, tmp_path: Path) -> None:
+    web_config: dict[str, Any] = {
+        "tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)},
+        "basic_auth_users": {USER: HASH},
+    }
+    context = client_context(pki)
+    exporter = start(tmp_path, web_config, lambda e: get(e, "/-/ready", context=context))
+    try:
+        assert served_certificate(exporter, context) == "server"
+        renewed = _issue(tmp_path, "renewed", (pki.ca, pki.ca.with_suffix(".key")), "subjectAltName=IP:127.0.0.1\n")
+        new_password = "scrape-pw-2"
+        web_config["tls_server_config"] = {"cert_file": str(renewed[0]), "key_file": str(renewed[1])}
+        web_config["basic_auth_users"] = {USER: bcrypt.hashpw(new_password.encode(), bcrypt.gensalt(4)).decode()}
+        (tmp_path / "web.yml").write_text(yaml.safe_dump(web_config))
+        assert post_reload(exporter, context) == (200, "config reloaded\n")
+        assert served_certificate(exporter, context) == "renewed"  # no restart
+        assert get(exporter, context=context)[0] == 401  # the old password no longer
+        assert get(exporter, context=context, auth=(USER, new_password))[0] == 200
+        assert reload_metric(exporter, context, (USER, new_password)) == "1.0"
+    finally:
+        stop(exporter)
+
+
+@pytest.mark.parametrize(
+    ("broken", "problem"),
+    [
+        ({"tls_server_config": {"cert_file": "nowhere.crt", "key_file": "nowhere.key"}}, "does not exist"),
+        ({"basic_auth_users": {USER: "not-a-hash"}}, "must be a bcrypt hash"),
+        (None, "turning TLS on or off needs a restart"),  # no TLS any more: the listeners cannot change
+    ],
+)
+def test_a_broken_web_config_keeps_the_old_one(
+    pki: PKI, tmp_path: Path, broken: dict[str, Any] | None, problem: str
+) -> None:
+    web_config = {
+        "tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)},
+        "basic_auth_users": {USER: HASH},
+    }
+    context = client_context(pki)
+    exporter = start(tmp_path, web_config, lambda e: get(e, "/-/ready", context=context))
+    try:
+        new = {**web_config, **broken} if broken is not None else {"basic_auth_users": {USER: HASH}}
+        (tmp_path / "web.yml").write_text(yaml.safe_dump(new))
+        status, text = post_reload(exporter, context)
+        assert status == 500 and "web.yml" in text and problem in text, text
+        assert text.count("\n") == 1
+        assert served_certificate(exporter, context) == "server"
+        assert get(exporter, context=context)[0] == 200  # the old users still in force
+        assert reload_metric(exporter, context, (USER, PASSWORD)) == "0.0"
+    finally:
+        output = stop(exporter)
+    assert "Traceback" not in output and "config reload failed" in output, output

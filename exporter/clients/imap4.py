@@ -28,7 +28,9 @@ import aioimaplib
 from exporter.net.connect import GOODBYE_SECONDS
 from exporter.net.tls import tls_failure
 from exporter.probe.errors import MailboxFailure, ProbeError, ProtocolFailure, ServerTimeout, TLSFailure
+from exporter.probe.phases import Leg
 from exporter.sanitise import server_text
+from exporter.transcript import REDACTED, note
 
 T = TypeVar("T")
 _EXISTS = re.compile(rb"^\* \d+ EXISTS")
@@ -63,11 +65,23 @@ def reply_of(ok: bool, items: Sequence[bytes | bytearray]) -> Reply:
     return Reply(ok, lines, pairs)
 
 
+def _redacted(line: str) -> str:
+    """A command line fit for a transcript: LOGIN's and AUTHENTICATE's arguments are secret."""
+    words = line.split(" ", 2)
+    if len(words) == 3 and words[1].upper() in ("LOGIN", "AUTHENTICATE"):
+        return f"{words[0]} {words[1]} {REDACTED}"
+    return line
+
+
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     """Notes every untagged EXISTS: aioimaplib drops those that arrive during SEARCH, FETCH or STORE,
     and a letter announced there would otherwise wait for the next poll (IDLE does not repeat it)."""
 
     new_mail = False
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        note(Leg.MAILBOX, True, _redacted(line))
+        super().send(line, scrub)
 
     def _untagged_response(self, line: bytes) -> Any:
         if _EXISTS.match(line):
@@ -130,6 +144,8 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
         handle = self.protocol._handle_line
 
         def watched(line: bytes, current: Any) -> Any:
+            if line:
+                note(Leg.MAILBOX, False, line)  # a line only: literals (letters' headers) never come here
             if line[:5].upper() == b"* BYE":
                 self._bye = line
             if line and not greeting.done():

@@ -16,10 +16,13 @@ from collections import Counter
 from exporter.net.connect import Connected
 from exporter.net.tls import tls_failure
 from exporter.probe.errors import MailboxFailure, ProtocolFailure
+from exporter.probe.phases import Leg
 from exporter.sanitise import server_text
+from exporter.transcript import REDACTED, note
 
 LINE_LIMIT = 64 * 1024  # one reply line; RFC 1939 allows 512 octets, real servers stay far below
 REPLY_TEXT_LIMIT = 200  # how much of a server's text goes into an error message
+SECRET_COMMANDS = {"PASS"}  # their arguments never reach a transcript
 
 
 class Pop3Client:
@@ -75,6 +78,7 @@ class Pop3Client:
         line = self.encode(name, *args)
         self.busy = True
         self.commands_sent[name] += 1
+        note(Leg.MAILBOX, True, f"{name} {REDACTED}" if name in SECRET_COMMANDS else line.rstrip(b"\r\n"))
         try:
             self.writer.write(line)
             await self.writer.drain()
@@ -103,6 +107,7 @@ class Pop3Client:
             line = await self._line(name)
             if line == b".":
                 self.busy = False
+                note(Leg.MAILBOX, False, f"({len(lines)} data lines, {total} bytes)")  # never a letter's text
                 return lines
             total += len(line) + 2
             if total > limit or len(lines) >= max_lines:
@@ -153,6 +158,7 @@ class Pop3Client:
     async def _status(self, name: str) -> tuple[bool, str]:
         line = await self._line(name)
         self.busy = False
+        note(Leg.MAILBOX, False, self.printable(line))
         if line == b"+OK" or line.startswith(b"+OK "):
             return True, self.printable(line[4:])
         if line == b"-ERR" or line.startswith(b"-ERR "):

@@ -16,7 +16,9 @@ import aiosmtplib
 
 from exporter.net.tls import tls_failure
 from exporter.probe.errors import AuthFailure, ProbeError, ProtocolFailure, ServerTimeout, SMTPRejected, TLSFailure
+from exporter.probe.phases import Leg
 from exporter.sanitise import server_text
+from exporter.transcript import REDACTED, note
 
 
 def translate_error(exc: BaseException, command: str) -> ProbeError:
@@ -85,14 +87,38 @@ class HandshakeTimedSMTP(aiosmtplib.SMTP):
     reports that only together with the banner. Overrides a private method: see check_aiosmtplib."""
 
     connected_at: float | None = None
+    _in_auth = False  # between AUTH and its final reply every line we send is a secret
 
     async def _create_connection(self, timeout: float | None) -> Any:  # noqa: ASYNC109 (override)
         loop = self.loop
         self.loop = _LoopWatch(loop, self)  # type: ignore[assignment]
         try:
-            return await super()._create_connection(timeout)
+            banner = await super()._create_connection(timeout)
         finally:
             self.loop = loop
+        _heard(banner)
+        return banner
+
+    async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        if args[:1] == (b"AUTH",):
+            self._in_auth = True
+            note(Leg.SMTP, True, b" ".join(args[:2]) + (f" {REDACTED}".encode() if len(args) > 2 else b""))
+        else:
+            note(Leg.SMTP, True, REDACTED if self._in_auth else b" ".join(args))
+        response = await super().execute_command(*args, **kwargs)
+        self._in_auth = self._in_auth and response.code == 334  # 334: the exchange goes on
+        _heard(response)
+        return response
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        note(Leg.SMTP, True, f"DATA ({len(message)} bytes of letter)")
+        response = await super().data(message, **kwargs)
+        _heard(response)
+        return response
+
+
+def _heard(response: aiosmtplib.SMTPResponse) -> None:
+    note(Leg.SMTP, False, f"{response.code} {response.message}")
 
 
 class _LoopWatch:

@@ -247,6 +247,11 @@ def split_host_port(text: str) -> tuple[str, int | None]:
     return text, None
 
 
+def join_host_port(host: str, port: int) -> str:
+    """The inverse of split_host_port: ``host:port``, ``[v6]:port``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _port_text(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"port {shown(text)} is not a number")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from exporter import files
@@ -57,13 +58,22 @@ from exporter.config.model import (
 )
 from exporter.config.yamlfile import read_yaml
 
-# --- parsing helpers ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Reading:
+    """How a file is being read: where its relative paths start, and whether secrets are read too
+    (``--config.check`` checks a config's shape on a machine that does not hold its secrets)."""
+
+    base_dir: Path
+    secrets: bool = True
 
 
 # --- secrets -----------------------------------------------------------------------------------
 
+UNREAD_SECRET = Secret("")  # a password_env or password_file that a check without secrets did not read
 
-def _read_secret(node: Node, base_dir: Path) -> Secret | None:
+
+def _read_secret(node: Node, reading: _Reading) -> Secret | None:
     keys = ("password", "password_env", "password_file")
     node.used.update(keys)  # one of them written as null is no source, and no unknown key either
     sources = [key for key in keys if node.has(key)]
@@ -75,12 +85,14 @@ def _read_secret(node: Node, base_dir: Path) -> Secret | None:
     if key == "password":
         return Secret(node.get(key, as_password, ""))
     text = node.get(key, as_string, "")
+    if not reading.secrets:
+        return UNREAD_SECRET
     if key == "password_env":
         if text not in os.environ:
             raise node.error(f"environment variable {shown(text)} is not set", key)
         password = os.environ[text]
     else:
-        path = base_dir / text
+        path = reading.base_dir / text
         try:
             password = files.read_text(path, MAX_PASSWORD_FILE_BYTES).rstrip("\r\n")
         except files.FileError as exc:
@@ -117,7 +129,7 @@ def _security(node: Node, kind: str, port: int | None) -> Security:
     return Security.TLS if port in _IMPLICIT_PORTS else Security.STARTTLS
 
 
-def _server(node: Node, kind: str, base_dir: Path) -> ServerConfig:
+def _server(node: Node, kind: str, reading: _Reading) -> ServerConfig:
     host_text = node.require("host", as_string)
     try:
         host, port_in_host = split_host_port(host_text)
@@ -134,25 +146,25 @@ def _server(node: Node, kind: str, base_dir: Path) -> ServerConfig:
         if kind == "smtp" and security is Security.NONE:
             port = 25
     tls = TLSOptions(
-        ca_file=node.get("ca_file", certificate_file(base_dir), None),
+        ca_file=node.get("ca_file", certificate_file(reading.base_dir), None),
         insecure_skip_verify=node.get("insecure_skip_verify", as_bool, False),
     )
     user = node.get("user", as_user, None)
-    password = _read_secret(node, base_dir)
+    password = _read_secret(node, reading)
     if password is not None and user is None:
         raise node.error("a password is given but no user", "user")
     return ServerConfig(host=host, port=port, security=security, tls=tls, user=user, password=password)
 
 
-def _smtp(node: Node, base_dir: Path) -> ServerConfig:
-    server = _server(node, "smtp", base_dir)
+def _smtp(node: Node, reading: _Reading) -> ServerConfig:
+    server = _server(node, "smtp", reading)
     node.finish()
     return server
 
 
-def _incoming(node: Node, base_dir: Path) -> IncomingConfig:
+def _incoming(node: Node, reading: _Reading) -> IncomingConfig:
     protocol = node.require("protocol", enum_choice(Protocol))
-    server = _server(node, protocol.value, base_dir)
+    server = _server(node, protocol.value, reading)
     if server.user is None or server.password is None:
         raise node.error("user and a password (password, password_env or password_file) are required")
     mailbox = node.get("mailbox", as_mailbox, "INBOX")
@@ -212,11 +224,11 @@ def _dns(node: Node) -> DNSConfig:
 # --- tasks and devices -------------------------------------------------------------------------
 
 
-def _task(node: Node, base_dir: Path) -> TaskConfig:
+def _task(node: Node, reading: _Reading) -> TaskConfig:
     name = node.require("name", as_name)
     destination = node.require("destination", as_address)
-    smtp = _smtp(node.child("smtp"), base_dir) if node.has("smtp") else None
-    incoming = _incoming(node.child("incoming"), base_dir) if node.has("incoming") else None
+    smtp = _smtp(node.child("smtp"), reading) if node.has("smtp") else None
+    incoming = _incoming(node.child("incoming"), reading) if node.has("incoming") else None
     if smtp is None:
         raise node.error("is required", "smtp")
     if incoming is None:
@@ -239,12 +251,12 @@ def _task(node: Node, base_dir: Path) -> TaskConfig:
     return task
 
 
-def _device(node: Node, base_dir: Path) -> DeviceConfig:
+def _device(node: Node, reading: _Reading) -> DeviceConfig:
     name = node.require("name", as_name)
     tasks_nodes = node.children("tasks")
     if not tasks_nodes:
         raise node.error("needs at least one task", "tasks")
-    tasks = tuple(_task(t, base_dir) for t in tasks_nodes)
+    tasks = tuple(_task(t, reading) for t in tasks_nodes)
     _unique([t.name for t in tasks], tasks_nodes, "task")
     device = DeviceConfig(
         name=name,
@@ -264,21 +276,23 @@ def _unique(names: list[str], nodes: list[Node], what: str) -> None:
         seen.add(name)
 
 
-def parse_config(data: object, source: str = "<config>", base_dir: Path | None = None) -> Config:
-    base = base_dir or Path.cwd()
+def parse_config(data: object, source: str = "<config>", base_dir: Path | None = None, secrets: bool = True) -> Config:
+    """The config in ``data``; with ``secrets=False`` password_env and password_file are checked but
+    not read (their Secret is UNREAD_SECRET)."""
+    reading = _Reading(base_dir or Path.cwd(), secrets)
     root = Node(data if data is not None else {}, "", source)
     devices_nodes = root.children("devices")
     if not devices_nodes:
         raise root.error("needs at least one device", "devices")
-    devices = tuple(_device(d, base) for d in devices_nodes)
+    devices = tuple(_device(d, reading) for d in devices_nodes)
     _unique([d.name for d in devices], devices_nodes, "device")
     root.finish()
     return Config(devices=devices, source=source)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, secrets: bool = True) -> Config:
     path = Path(path)
-    return parse_config(read_yaml(path), str(path), path.parent)
+    return parse_config(read_yaml(path), str(path), path.parent, secrets)
 
 
 def describe_failure(path: Path, exc: Exception) -> str:

@@ -16,7 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.exposition.stats import DELIVERY_BUCKETS, Histogram, ReloadStatus, TaskStats
+from exporter.build import revision
+from exporter.exposition.stats import DELIVERY_BUCKETS, Histogram, ReloadStatus, TaskInfo, TaskStats
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Leg, Phase
 from exporter.probe.result import ProbeResult
@@ -79,6 +80,11 @@ def _families() -> dict[str, _Family]:
     return {
         f.name.removeprefix(PREFIX + "_"): f
         for f in (
+            family(
+                "task_info",
+                "gauge",
+                "The servers a task uses (protocol, SMTP host, incoming host, as configured); always 1.",
+            ),
             family("probe_success", "gauge", "1 if the last finished round trip of the task succeeded, else 0."),
             family("probes", "counter", "Finished round-trip probes."),
             family("probe_failures", "counter", "Failed round-trip probes by failure reason."),
@@ -109,18 +115,22 @@ def _families() -> dict[str, _Family]:
             family("probes_in_flight", "gauge", "Probes of the task currently running (letters travelling)."),
             family("last_success_timestamp_seconds", "gauge", "Unix time of the last successful round trip."),
             family("last_probe_timestamp_seconds", "gauge", "Unix time the last probe finished."),
+            family("probe_duration_seconds", "gauge", "How long the last probe took, start to finish."),
             family("dns_lookups", "counter", "Host name lookups by leg and whether the answer came from a cache."),
             family(
                 "tls_certificate_not_after_timestamp_seconds",
                 "gauge",
                 "Not-after time of the server certificate, per leg (smtp, mailbox), also over STARTTLS.",
             ),
+            family("tls_info", "gauge", "The last TLS session of each leg: its protocol version and cipher; always 1."),
         )
     }
 
 
 def _add_task(f: dict[str, list[str]], s: TaskStats) -> None:
     key, last, n = task_labels(s.device, s.task), s.last, _number
+    if s.info is not None:
+        f["task_info"].append(f"{{{key},{_info_labels(s.info)}}} 1")
     f["probe_success"].append(f"{{{key}}} {n(1 if last is not None and last.success else 0)}")
     f["probes"].append(f"_total{{{key}}} {n(s.probes)}")
     for reason, label in _REASON_LABELS:
@@ -143,15 +153,21 @@ def _add_task(f: dict[str, list[str]], s: TaskStats) -> None:
         _add_last_probe(f, key, last)
     for (leg, hit), label in _DNS_LABELS:
         f["dns_lookups"].append(f"_total{{{key},{label}}} {n(s.dns_lookups[(leg, hit)])}")
-    for leg in Leg:
-        if leg in s.certificate_not_after:
-            f["tls_certificate_not_after_timestamp_seconds"].append(
-                f'{{{key},leg="{leg}"}} {n(s.certificate_not_after[leg])}'
-            )
+    for leg, tls in s.tls.items():
+        if tls.not_after is not None:
+            f["tls_certificate_not_after_timestamp_seconds"].append(f'{{{key},leg="{leg}"}} {n(tls.not_after)}')
+        version, cipher = _escape(tls.version), _escape(tls.cipher)
+        f["tls_info"].append(f'{{{key},leg="{leg}",version="{version}",cipher="{cipher}"}} 1')
+
+
+def _info_labels(info: TaskInfo) -> str:
+    hosts = f'smtp_host="{_escape(info.smtp_host)}",incoming_host="{_escape(info.incoming_host)}"'
+    return f'protocol="{info.protocol}",{hosts}'
 
 
 def _add_last_probe(f: dict[str, list[str]], key: str, last: ProbeResult) -> None:
     f["last_probe_timestamp_seconds"].append(f"{{{key}}} {_number(last.finished)}")
+    f["probe_duration_seconds"].append(f"{{{key}}} {_number(max(0.0, last.finished - last.started))}")
     if last.server_delivery_seconds is not None:
         f["last_server_delivery_seconds"].append(f"{{{key}}} {_number(last.server_delivery_seconds)}")
     for phase, label in _PHASE_LABELS:
@@ -198,9 +214,11 @@ def render_tasks(stats: Iterable[TaskStats], openmetrics: bool) -> str:
 
 def _self_metrics(reload: ReloadStatus) -> Iterator[Metric]:
     info = GaugeMetricFamily(
-        f"{PREFIX}_exporter_build_info", "Exporter version and Python version; always 1.", labels=["version", "python"]
+        f"{PREFIX}_exporter_build_info",
+        "Exporter version, source revision (git commit or unknown) and Python version; always 1.",
+        labels=["version", "revision", "python"],
     )
-    info.add_metric([__version__, platform.python_version()], 1.0)
+    info.add_metric([__version__, revision(), platform.python_version()], 1.0)
     yield info
     yield GaugeMetricFamily(
         f"{PREFIX}_exporter_config_last_reload_successful",

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Leg
 from exporter.probe.result import ProbeResult
@@ -37,6 +38,15 @@ class Histogram:
         return out
 
 
+@dataclass(frozen=True)
+class TaskInfo:
+    """Which servers a task uses, from its config: alerts and dashboards group tasks by them."""
+
+    protocol: str
+    smtp_host: str
+    incoming_host: str
+
+
 @dataclass(eq=False)
 class TaskStats:
     """Everything the exporter knows about one task, updated as probes start and finish.
@@ -50,6 +60,7 @@ class TaskStats:
     task: str
     interval: float
     email_timeout: float
+    info: TaskInfo | None = None
     last: ProbeResult | None = None
     probes: int = 0
     failures: Counter[Reason] = field(default_factory=Counter)
@@ -60,7 +71,7 @@ class TaskStats:
     in_flight: int = 0
     last_success: float | None = None
     dns_lookups: Counter[tuple[Leg, bool]] = field(default_factory=Counter)  # (leg, cache hit)
-    certificate_not_after: dict[Leg, float] = field(default_factory=dict)  # Unix time
+    tls: dict[Leg, TLSFacts] = field(default_factory=dict)  # the last TLS session of each leg
     generation: int = field(default=0, repr=False)
     rendered: tuple[int, tuple[str, ...]] | None = field(default=None, repr=False)  # (generation, text)
 
@@ -85,8 +96,8 @@ class TaskStats:
         for leg, facts in result.legs().items():
             if facts.dns_cached is not None:
                 self.dns_lookups[(leg, facts.dns_cached)] += 1
-            if facts.certificate_not_after is not None:
-                self.certificate_not_after[leg] = facts.certificate_not_after
+            if facts.tls is not None:
+                self.tls[leg] = facts.tls
         self.changed()
 
 

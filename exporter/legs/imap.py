@@ -19,7 +19,7 @@ from exporter.letter.compose import HEADER
 from exporter.letter.recognise import BOUNCE_BYTES, RECOGNISED_FIELDS, Recognised, is_delivery_report, recognise
 from exporter.letter.token import TOKEN_PREFIX, Signer
 from exporter.net.connect import Connected
-from exporter.net.tls import GREETING_HINT, certificate_not_after, client_context
+from exporter.net.tls import GREETING_HINT, TLSFacts, client_context, tls_facts
 from exporter.probe.clock import PhaseClock
 from exporter.probe.errors import AuthFailure, MailboxFailure
 from exporter.probe.phases import Phase
@@ -56,7 +56,7 @@ class ImapSession:
         self._signer = signer
         self._memo = memo
         self.address = address
-        self.certificate_not_after: float | None = None
+        self.tls: TLSFacts | None = None
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
         # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
@@ -200,7 +200,7 @@ async def open_session(
             async with clock.phase(Phase.MAILBOX_TLS):
                 await client.starttls(context, server.host)
         session = ImapSession(client, config, signer, connected.address, memo)
-        session.certificate_not_after = certificate_not_after(client.ssl_object())
+        session.tls = tls_facts(client.ssl_object())
         async with clock.phase(Phase.MAILBOX_LOGIN, accumulate=True):
             memo.renew(await _login(client, config))
         return session

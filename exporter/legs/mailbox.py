@@ -11,6 +11,7 @@ from typing import Protocol
 
 from exporter.letter.token import Token
 from exporter.net.connect import Connected
+from exporter.net.tls import TLSFacts
 
 # Resolves and connects, in the leg's dns and connect phases, each time it is called.
 Connect = Callable[[], Awaitable[Connected]]
@@ -36,7 +37,7 @@ class MailboxSession(Protocol):
     """An open, authenticated mailbox. find and delete run inside a phase of the caller's PhaseClock;
     resume times its own (the login phases, when it logs in again)."""
 
-    certificate_not_after: float | None
+    tls: TLSFacts | None  # None without TLS
     address: str  # the IP address connected to
     # False when a session sees only the mail present at login (POP3): the probe then tidies up at
     # login, before DATA, and each look logs in again (resume).

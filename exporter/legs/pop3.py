@@ -29,7 +29,7 @@ from exporter.legs.memo import LetterMemo
 from exporter.letter.recognise import BOUNCE_BYTES, Recognised, is_delivery_report, recognise
 from exporter.letter.token import Signer
 from exporter.net.connect import GOODBYE_SECONDS, Connected
-from exporter.net.tls import GREETING_HINT, certificate_not_after, client_context
+from exporter.net.tls import GREETING_HINT, TLSFacts, client_context, tls_facts
 from exporter.probe.clock import PhaseClock
 from exporter.probe.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
 from exporter.probe.phases import Phase
@@ -64,7 +64,7 @@ class Pop3Session:
         self.signer = signer
         self.memo = memo
         self.address = address
-        self.certificate_not_after: float | None = None
+        self.tls: TLSFacts | None = None
         self._found: dict[FoundLetter, int] = {}  # letters find() verified here -> message number
         self._closed = False
         self._deleting = False  # DELE sent: only a complete delete() may QUIT now
@@ -251,7 +251,7 @@ async def open_session(
                 await _start_tls(client, context, server.host)
         session = Pop3Session(client, signer, memo, connected.address)
         if server.security is not Security.NONE:
-            session.certificate_not_after = certificate_not_after(client.ssl_object())
+            session.tls = tls_facts(client.ssl_object())
         async with clock.phase(Phase.MAILBOX_LOGIN, accumulate=True):
             await _login(client, config)
         return session
@@ -305,7 +305,7 @@ class Pop3Mailbox:
         self._login = login
         self._session: Pop3Session | None = first
         self.address = first.address
-        self.certificate_not_after = first.certificate_not_after
+        self.tls = first.tls
 
     def _current(self) -> Pop3Session:
         if self._session is None:
@@ -326,7 +326,7 @@ class Pop3Mailbox:
         if self._session is not None and not self._session.closed:
             return
         session = self._session = await self._login()
-        self.address, self.certificate_not_after = session.address, session.certificate_not_after
+        self.address, self.tls = session.address, session.tls
 
     async def close(self) -> None:
         session, self._session = self._session, None

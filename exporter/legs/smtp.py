@@ -18,7 +18,7 @@ import aiosmtplib
 from exporter.clients.smtp import HandshakeTimedSMTP, translate_error
 from exporter.config.model import Security, ServerConfig
 from exporter.net.connect import GOODBYE_SECONDS, Connected
-from exporter.net.tls import GREETING_HINT, certificate_not_after, client_context
+from exporter.net.tls import GREETING_HINT, TLSFacts, client_context, tls_facts
 from exporter.probe.clock import PhaseClock
 from exporter.probe.errors import AuthFailure, ProbeError, TLSFailure
 from exporter.probe.phases import Phase
@@ -37,7 +37,7 @@ class Receipt:
     reply: str  # the final DATA reply, sanitised (sanitise.server_text), e.g. "250 2.0.0 Ok: queued as 4Xy1Z2"
     accepted_monotonic: float
     accepted_wall: float
-    certificate_not_after: float | None
+    tls: TLSFacts | None
 
 
 async def send_letter(
@@ -65,9 +65,9 @@ async def send_letter(
         if config.user is not None and config.password is not None:
             async with _phase(clock, Phase.SMTP_AUTH, "AUTH"):
                 await _authenticate(client, config.user, config.password.reveal())
-        not_after = certificate_not_after(client.get_transport_info("ssl_object"))
+        tls = tls_facts(client.get_transport_info("ssl_object"))
         reply = await _submit(client, clock, letter, sender, destination, before_data)
-        return Receipt(reply, time.monotonic(), time.time(), not_after)
+        return Receipt(reply, time.monotonic(), time.time(), tls)
     finally:
         await _quit(client)
         if client.connected_at is None:

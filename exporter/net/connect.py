@@ -14,6 +14,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from exporter.config.fields import join_host_port
 from exporter.probe.errors import ConnectFailure
 
 # A polite goodbye (QUIT, LOGOUT) after the probe has its answer is best effort: it never holds a
@@ -37,7 +38,7 @@ async def connect_any(addresses: Sequence[str], port: int) -> Connected:
             return Connected(await _connect_one(address, port), address)
         except OSError as exc:
             # asyncio's message ("Connect call failed ...") hides the errno's meaning: spell it out.
-            errors.append(f"{format_address(address, port)}: {os.strerror(exc.errno) if exc.errno else exc}")
+            errors.append(f"{join_host_port(address, port)}: {os.strerror(exc.errno) if exc.errno else exc}")
     raise ConnectFailure("; ".join(errors))
 
 
@@ -55,7 +56,3 @@ async def _connect_one(address: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def format_address(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

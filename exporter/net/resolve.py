@@ -37,8 +37,8 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
+from exporter.config.fields import join_host_port
 from exporter.config.model import DeviceConfig, DNSMode, TaskConfig
-from exporter.net.connect import format_address
 from exporter.probe.errors import DNSFailure
 
 Servers = tuple[tuple[str, int], ...]
@@ -222,7 +222,7 @@ def _server_text(nameserver: str | dns.nameserver.Nameserver) -> str:
     text = str(nameserver)
     if text.startswith("Do53:") and "@" in text:
         address, port = text.removeprefix("Do53:").rsplit("@", 1)
-        return format_address(address, int(port))
+        return join_host_port(address, int(port))
     return text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import ssl
+from dataclasses import dataclass
 
 from exporter.config.model import TLSOptions
 from exporter.probe.errors import TLSFailure
@@ -50,10 +51,24 @@ def tls_failure(exc: BaseException) -> TLSFailure:
     return TLSFailure(f"TLS handshake failed: {exc}")
 
 
-def certificate_not_after(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> float | None:
-    """The server certificate's not-after as a Unix time (None when unverified: no parsed cert)."""
+@dataclass(frozen=True)
+class TLSFacts:
+    """What a leg's TLS session was: its protocol version and cipher, and the certificate's expiry."""
+
+    version: str  # as OpenSSL names it: TLSv1.3
+    cipher: str  # OpenSSL's name: TLS_AES_256_GCM_SHA384
+    not_after: float | None  # Unix time; None when unverified (no parsed certificate)
+
+
+def tls_facts(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> TLSFacts | None:
+    """The facts of an established TLS session; None without TLS."""
     if ssl_object is None:
         return None
     cert = ssl_object.getpeercert()
     not_after = cert.get("notAfter") if cert else None
-    return float(ssl.cert_time_to_seconds(not_after)) if isinstance(not_after, str) else None
+    cipher = ssl_object.cipher()
+    return TLSFacts(
+        version=ssl_object.version() or "unknown",
+        cipher=cipher[0] if cipher else "unknown",
+        not_after=float(ssl.cert_time_to_seconds(not_after)) if isinstance(not_after, str) else None,
+    )

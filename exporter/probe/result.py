@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Leg, Phase
 
@@ -15,7 +16,7 @@ class LegResult:
 
     address: str | None = None  # which address of the host answered
     dns_cached: bool | None = None  # was the host's answer a cache hit (None: not looked up)
-    certificate_not_after: float | None = None  # Unix time; None without TLS or unverified
+    tls: TLSFacts | None = None  # None without TLS
 
 
 @dataclass

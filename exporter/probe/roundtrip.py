@@ -23,6 +23,7 @@ from exporter.probe.errors import ProbeError, Reason
 from exporter.probe.phases import Leg
 from exporter.probe.result import ProbeResult
 from exporter.probe.watch import Mailbox, tidy_up, wait_for_letter
+from exporter.transcript import recording
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ async def run_probe(
     clock = PhaseClock(task.completion_timeout)
     mailbox = mailbox or Mailbox(task.incoming, signer)
     try:
-        await _round_trip(device, task, token, clock, resolve, mailbox, result)
+        with recording(device, task.name):
+            await _round_trip(device, task, token, clock, resolve, mailbox, result)
         result.success = True
     except ProbeError as exc:
         result.reason, result.error, result.failed_phase = exc.reason, str(exc), exc.phase
@@ -123,6 +125,6 @@ async def _send(
     letter = build_letter(token, task.sender, task.destination, device, task.name)
     receipt = await smtp.send_letter(task.smtp, connected, clock, letter, task.sender, task.destination, before_data)
     result.smtp_reply = receipt.reply
-    result.smtp.certificate_not_after = receipt.certificate_not_after
+    result.smtp.tls = receipt.tls
     result.accepted_wall = receipt.accepted_wall
     return receipt

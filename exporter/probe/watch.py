@@ -75,7 +75,7 @@ class Mailbox:
             return await dial(clock, resolve, Leg.MAILBOX, result.mailbox, config.server.host, config.server.port)
 
         session = await open_mailbox(config, connect, clock, self.signer, self.memo)
-        result.mailbox.certificate_not_after = session.certificate_not_after
+        result.mailbox.tls = session.tls
         return session
 
 
@@ -125,7 +125,7 @@ async def wait_for_letter(
     except OSError as exc:
         raise ProtocolFailure(f"mailbox connection failed: {exc.strerror or exc}") from None
     finally:
-        result.mailbox.certificate_not_after = session.certificate_not_after
+        result.mailbox.tls = session.tls
         await session.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -18,6 +19,9 @@ from exporter.service import Exporter
 # HTTP work: 200 clients re-asking at once drew 2,800 answers/s); at most WAITING wait for their
 # turn, the rest get 503 at once. Prometheus asks every 15-60 s: none of this slows it.
 SHARE_SECONDS = 1.0
+# gzip level 1: a scrape of 1,000 tasks (~5 MB) shrinks ~10x at a fraction of level 6's CPU; the
+# compressed body is made once per shared render, only when a scraper asks for it.
+GZIP_LEVEL = 1
 SENDING = 4
 PER_SECOND = 50
 WAITING = 256
@@ -28,6 +32,13 @@ class _Rendered:
     key: tuple[object, ...]
     at: float
     body: bytes
+    gzipped: bytes | None = None
+
+    def compressed(self) -> bytes:
+        if self.gzipped is None:
+            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header
+            self.gzipped = compressor.compress(self.body) + compressor.flush()
+        return self.gzipped
 
 
 class ScrapeGate:
@@ -45,7 +56,9 @@ class ScrapeGate:
     def full(self) -> bool:
         return self._waiting >= WAITING
 
-    async def serve(self, request: web.Request, openmetrics: bool, content_type: str) -> web.StreamResponse:
+    async def serve(
+        self, request: web.Request, openmetrics: bool, content_type: str, gzip: bool = False
+    ) -> web.StreamResponse:
         self._waiting += 1
         try:
             await self._sending.acquire()
@@ -53,8 +66,12 @@ class ScrapeGate:
             self._waiting -= 1
         try:
             await self._pace()
-            response = web.Response(body=self._body(openmetrics))
+            rendered = self._rendered(openmetrics)
+            response = web.Response(body=rendered.compressed() if gzip else rendered.body)
             response.headers["Content-Type"] = content_type
+            if gzip:
+                response.headers["Content-Encoding"] = "gzip"
+            response.headers["Vary"] = "Accept-Encoding"
             await response.prepare(request)  # sent within the slot: the body leaves before the next starts
             await response.write_eof()
             return response
@@ -68,7 +85,7 @@ class ScrapeGate:
         if start > now:
             await asyncio.sleep(start - now)
 
-    def _body(self, openmetrics: bool) -> bytes:
+    def _rendered(self, openmetrics: bool) -> _Rendered:
         exporter = self._exporter
         # A reload (or its failure) shows at once: it is part of the key, not only the age.
         key = (exporter.reload_status.successful, exporter.reload_status.last_success, len(exporter.scheduler.runners))
@@ -79,4 +96,4 @@ class ScrapeGate:
             body = exporter.render_metrics(list(exporter.scheduler.stats()), openmetrics)
             latest = self._latest[openmetrics] = _Rendered(key, now, body)
             self.renders += 1
-        return latest.body
+        return latest

@@ -11,14 +11,14 @@ from exporter.service import Exporter
 from exporter.timefmt import utc_time
 
 
-def status_page(exporter: Exporter) -> str:
+def status_page(exporter: Exporter, telemetry_path: str) -> str:
     rows = "\n".join(_row(stats) for stats in exporter.scheduler.stats())
     body = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mail-roundtrip-exporter</title>
 <style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:left}}
 .bad{{color:#b00}} .ok{{color:#070}}</style>
 </head><body><h1>mail-roundtrip-exporter {html.escape(__version__)}</h1>
-<p><a href="/metrics">Metrics</a> &middot; config {html.escape(str(exporter.config_path))}</p>
+<p><a href="{html.escape(telemetry_path)}">Metrics</a> &middot; <a href="/config">Config</a></p>
 <table><tr><th>device</th><th>task</th><th>last result</th><th>reason</th><th>error</th><th>delivery (s)</th>
 <th>last success</th><th>in flight</th><th>SMTP address</th><th>mailbox address</th></tr>
 {rows}

@@ -2,28 +2,18 @@
 
 Users reuse the web config they already have for node_exporter & co. What this exporter cannot do the
 same way is rejected, never silently ignored: a security setting that is quietly dropped is worse than
-a refusal to start. The file is read once at start (a change needs a restart). Errors are one line
-naming the file and the field, as in ``exporter.config``.
+a refusal to start. The file is read at start and again on every reload (web.guard puts it in force).
+Errors are one line naming the file and the field, as in ``exporter.config``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import logging
-import os
 import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import bcrypt
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config.fields import Node, as_bool, as_string, choice, existing_file, ssl_reason
 from exporter.config.yamlfile import read_yaml
@@ -222,95 +212,3 @@ def _users(node: Node) -> dict[str, bytes]:
             raise node.error("must be a bcrypt hash ($2a$, $2b$ or $2y$, cost 4..31), got something else", user)
         users[user] = value.encode()
     return users
-
-
-# --- serving ---------------------------------------------------------------------------------------
-
-
-class BasicAuth:
-    """Checks ``Authorization: Basic`` against bcrypt hashes without a bcrypt run per scrape.
-
-    A bcrypt check costs ~50-300 ms of CPU. After one succeeds, an HMAC of that password (under a key
-    that lives only in this process) is kept per user, and the next scrape compares HMACs in constant
-    time. bcrypt runs in a worker thread, one at a time: a flood of wrong passwords then costs one core
-    and never starves the event loop or the default thread pool the rest of the exporter uses.
-    """
-
-    def __init__(self, users: Mapping[str, bytes]) -> None:
-        self._users = {user.encode(): hashed for user, hashed in users.items()}
-        self._key = os.urandom(32)
-        self._verified: dict[bytes, bytes] = {}  # user -> HMAC of the password that passed bcrypt
-        self._lock = asyncio.Lock()
-        self._unknown_user_hash: bytes | None = None
-
-    async def check(self, header: str | None) -> bool:
-        credentials = _parse_basic(header)
-        if credentials is None:
-            return False
-        user, password = credentials
-        digest = hmac.new(self._key, password, hashlib.sha256).digest()
-        if self._cached(user, digest):
-            return True
-        async with self._lock:
-            if self._cached(user, digest):  # verified while this request waited for the lock
-                return True
-            ok = await asyncio.to_thread(self._bcrypt, user, password)
-        if ok:
-            self._verified[user] = digest
-        return ok
-
-    def _cached(self, user: bytes, digest: bytes) -> bool:
-        known = self._verified.get(user)
-        return known is not None and hmac.compare_digest(known, digest)
-
-    def _bcrypt(self, user: bytes, password: bytes) -> bool:
-        hashed = self._users.get(user)
-        try:
-            # An unknown user still costs one bcrypt run, so that timing does not tell which names exist.
-            matches = bcrypt.checkpw(password, hashed or self._dummy_hash())
-        except ValueError:  # longer than bcrypt's 72 bytes: never valid
-            return False
-        return matches and hashed is not None
-
-    def _dummy_hash(self) -> bytes:
-        if self._unknown_user_hash is None:
-            rounds = max(int(hashed[4:6]) for hashed in self._users.values())
-            self._unknown_user_hash = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds))
-        return self._unknown_user_hash
-
-
-def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
-    scheme, _, encoded = (header or "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    user, colon, password = decoded.partition(b":")
-    return (user, password) if colon else None
-
-
-def auth_middleware(auth: BasicAuth) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # Every path, unknown ones and health checks included, as exporter-toolkit does.
-        if not await auth.check(request.headers.get("Authorization")):
-            return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
-        return await handler(request)
-
-    return middleware
-
-
-def install(app: web.Application, config: WebConfig) -> None:
-    """Basic auth and configured response headers on ``app`` (TLS is the listening socket's business)."""
-    if config.users:
-        app.middlewares.append(auth_middleware(BasicAuth(config.users)))
-    if config.headers:
-        headers = config.headers
-
-        async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-            response.headers.update(headers)
-
-        # on_response_prepare also covers 401s and aiohttp's own error pages, not just our handlers.
-        app.on_response_prepare.append(add_headers)

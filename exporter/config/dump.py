@@ -1,0 +1,83 @@
+"""The running config as YAML for ``GET /config``: the file's shape, every secret shown as <secret>.
+
+Written from the loaded model, not from the file: it shows what is in force (defaults and derived
+ports included), and a secret cannot leak from a place the model does not hold it.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from exporter.config.fields import join_host_port
+from exporter.config.model import Config, DeviceConfig, DNSConfig, IncomingConfig, ServerConfig, TaskConfig
+
+SECRET = "<secret>"
+
+Tree = dict[str, object]
+
+
+def dump_config(config: Config) -> str:
+    tree = {"devices": [_device(device) for device in config.devices]}
+    return yaml.safe_dump(tree, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def _device(device: DeviceConfig) -> Tree:
+    return {
+        "name": device.name,
+        "interval": _seconds(device.interval),
+        "dns": _dns(device.dns),
+        "tasks": [_task(task) for task in device.tasks],
+    }
+
+
+def _dns(dns: DNSConfig) -> Tree:
+    tree: Tree = {"mode": dns.mode.value}
+    if dns.servers:
+        tree["servers"] = [join_host_port(host, port) for host, port in dns.servers]
+    if dns.hosts:
+        tree["hosts"] = [{"address": host.address, "name": host.name} for host in dns.hosts]
+    if dns.timeout is not None:
+        tree["timeout"] = _seconds(dns.timeout)
+    return tree
+
+
+def _task(task: TaskConfig) -> Tree:
+    tree: Tree = {
+        "name": task.name,
+        "destination": task.destination,
+        "sender": task.sender,
+        "smtp": _server(task.smtp),
+        "incoming": _incoming(task.incoming),
+        "completion_timeout": _seconds(task.completion_timeout),
+        "email_timeout": _seconds(task.email_timeout),
+        "max_in_flight": task.max_in_flight,
+    }
+    if task.dns_mode is not None:
+        tree["dns_mode"] = task.dns_mode.value
+    return tree
+
+
+def _server(server: ServerConfig) -> Tree:
+    tree: Tree = {"host": server.host, "port": server.port, "security": server.security.value}
+    if server.tls.ca_file is not None:
+        tree["ca_file"] = server.tls.ca_file
+    if server.tls.insecure_skip_verify:
+        tree["insecure_skip_verify"] = True
+    if server.user is not None:
+        tree["user"] = server.user
+    if server.password is not None:
+        tree["password"] = SECRET  # whichever source it came from
+    return tree
+
+
+def _incoming(incoming: IncomingConfig) -> Tree:
+    return {
+        "protocol": incoming.protocol.value,
+        **_server(incoming.server),
+        "mailbox": incoming.mailbox,
+        "poll_interval": _seconds(incoming.poll_interval),
+    }
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
