@@ -20,6 +20,7 @@ from exporter.probe.result import ProbeResult
 from exporter.probe.roundtrip import run_probe
 from exporter.report import render_report
 from exporter.service import Exporter, warn_unverified
+from exporter.sharding import Shard
 from exporter.web.app import DEFAULT_TELEMETRY_PATH, OTHER_PATHS
 from exporter.web.guard import WebGuard
 from exporter.web.server import serve
@@ -78,6 +79,14 @@ def parser() -> argparse.ArgumentParser:
         default=keys.default_key_path(),
         help="key that signs probe letters, created on first start (default: %(default)s)",
     )
+    p.add_argument("--shard", type=int, default=0, help="this exporter's shard, 0..N-1 (default: %(default)s)")
+    p.add_argument(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=1,
+        help="how many exporters share the config, each probing the tasks of its shard (default: %(default)s)",
+    )
     p.add_argument("--log.level", dest="log_level", default="info", choices=list(LOG_LEVELS))
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--version", action="version", version=version_text("mail-roundtrip-exporter"))
@@ -109,14 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         signer = Signer(keys.load_or_create(args.key_file))
         addresses = listen_addresses(args.listen or [DEFAULT_LISTEN])
         telemetry_path = check_telemetry_path(args.telemetry_path)
+        shard = Shard(args.shard, args.total_shards)
     except (keys.SigningKeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.once:
-        results = asyncio.run(run_once(config, signer))
+        results = asyncio.run(run_once(shard.select(config), signer))
         print(render_report(results))
         return EXIT_OK if all(r.success for r in results) else EXIT_PROBE_FAILED
-    exporter = Exporter(Path(args.config_file), config, signer, also=[guard])
+    exporter = Exporter(Path(args.config_file), config, signer, also=[guard], shard=shard)
     return asyncio.run(serve(exporter, addresses, guard, telemetry_path))
 
 

@@ -151,7 +151,9 @@ class Scheduler:
         for key, (device, task) in wanted.items():
             if key not in self.runners:
                 self.runners[key] = TaskRunner(device, task, self.signer)
-            self.runners[key].stats.interval = device.interval  # a device's interval may change on reload
+            stats = self.runners[key].stats
+            stats.interval = device.interval  # a device's interval and labels may change on reload
+            stats.labels = device.labels_of(task)
         for device in config.devices:
             runners = [self.runners[(device.name, task.name)] for task in device.tasks]
             for index, runner in enumerate(runners):

@@ -20,6 +20,7 @@ from exporter.exposition.render import SelfCollector, render_tasks
 from exporter.exposition.stats import ReloadStatus, TaskStats
 from exporter.letter.token import Signer
 from exporter.scheduler import Scheduler
+from exporter.sharding import Shard
 
 log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 5.0
@@ -38,15 +39,23 @@ class Reloadable(Protocol):
 
 
 class Exporter:
-    def __init__(self, config_path: Path, config: Config, signer: Signer, also: Sequence[Reloadable] = ()) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        signer: Signer,
+        also: Sequence[Reloadable] = (),
+        shard: Shard = Shard(),  # noqa: B008 (frozen: one instance is as good as any)
+    ) -> None:
         self.config_path = config_path
         self.config = config
+        self.shard = shard
         self.also_reloaded = also
         self.ready = False  # the config is loaded and the scheduler runs: /-/ready says 200
         self.scheduler = Scheduler(signer)
         self.reload_status = ReloadStatus()
         self.registry = CollectorRegistry()  # the exporter's own and the process's metrics
-        self.registry.register(SelfCollector(self.reload_status))
+        self.registry.register(SelfCollector(self.reload_status, shard))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._reload_lock = asyncio.Lock()
@@ -59,7 +68,7 @@ class Exporter:
         return render_tasks(stats, openmetrics).encode() + registry
 
     async def start(self) -> None:
-        await self.scheduler.apply(self.config)
+        await self.scheduler.apply(self.shard.select(self.config))
         self.ready = True
         log.info("exporter started", extra={"tasks": len(self.config.tasks()), "devices": len(self.config.devices)})
 
@@ -72,7 +81,7 @@ class Exporter:
                 config = await asyncio.to_thread(load_config, self.config_path)
                 commits = [await asyncio.to_thread(other.prepare) for other in self.also_reloaded]
                 warn_unverified(config)
-                await self.scheduler.apply(config)
+                await self.scheduler.apply(self.shard.select(config))
                 for commit in commits:
                     commit()
             except Exception as exc:  # not only ConfigError: a bug must not become a lost task's traceback

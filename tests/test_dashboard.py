@@ -25,6 +25,7 @@ from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Phase
 from exporter.probe.result import LegResult, ProbeResult
+from exporter.sharding import Shard
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "mail-roundtrip.json"
@@ -75,7 +76,7 @@ def scrape_text(stats: TaskStats) -> str:
         )
     )
     registry = CollectorRegistry()
-    registry.register(SelfCollector(ReloadStatus()))
+    registry.register(SelfCollector(ReloadStatus(), Shard()))
     return render_tasks([stats, failing], openmetrics=False) + generate_latest(registry).decode()
 
 

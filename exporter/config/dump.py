@@ -9,7 +9,7 @@ from __future__ import annotations
 import yaml
 
 from exporter.config.fields import join_host_port
-from exporter.config.model import Config, DeviceConfig, DNSConfig, IncomingConfig, ServerConfig, TaskConfig
+from exporter.config.model import Config, DeviceConfig, DNSConfig, IncomingConfig, Labels, ServerConfig, TaskConfig
 
 SECRET = "<secret>"
 
@@ -27,6 +27,7 @@ def _device(device: DeviceConfig) -> Tree:
         "interval": _seconds(device.interval),
         "dns": _dns(device.dns),
         "tasks": [_task(task) for task in device.tasks],
+        **_labels(device.labels),
     }
 
 
@@ -54,7 +55,11 @@ def _task(task: TaskConfig) -> Tree:
     }
     if task.dns_mode is not None:
         tree["dns_mode"] = task.dns_mode.value
-    return tree
+    return tree | _labels(task.labels)
+
+
+def _labels(labels: Labels) -> Tree:
+    return {"labels": dict(labels)} if labels else {}
 
 
 def _server(server: ServerConfig) -> Tree:

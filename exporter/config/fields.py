@@ -22,11 +22,15 @@ from exporter.config.model import (
     MAX_ADDRESS,
     MAX_CERTIFICATE_FILE_BYTES,
     MAX_IN_FLIGHT_LIMIT,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
     MAX_MAILBOX,
     MAX_PASSWORD,
     MAX_TEXT,
     MAX_USER,
+    RESERVED_LABELS,
     ConfigError,
+    Labels,
 )
 
 T = TypeVar("T")
@@ -256,6 +260,28 @@ def _port_text(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"port {shown(text)} is not a number")
     return as_port(int(text))
+
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
+
+
+def as_labels(value: object) -> Labels:
+    """``labels:``: a few Prometheus label names of yours, none of the exporter's, with short values."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping of label names to values, got {kind_of(value)}")
+    if len(value) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels, got {len(value)}")
+    labels = []
+    for name, text in value.items():
+        if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise ValueError(f"label name {shown(name)} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        if name in RESERVED_LABELS:
+            raise ValueError(f"label name {name!r} is the exporter's own")
+        label = as_string(text)
+        if not label or not label.isprintable() or len(label) > MAX_LABEL_VALUE:
+            raise ValueError(f"label {name}: the value must be 1..{MAX_LABEL_VALUE} printable characters")
+        labels.append((name, label))
+    return tuple(labels)
 
 
 def as_password(value: object) -> str:

@@ -18,6 +18,7 @@ from exporter.config.fields import (
     as_bool,
     as_host,
     as_in_flight,
+    as_labels,
     as_mailbox,
     as_name,
     as_password,
@@ -40,7 +41,9 @@ from exporter.config.model import (
     DNS_TIMEOUT_BOUNDS,
     EMAIL_TIMEOUT_BOUNDS,
     INTERVAL_BOUNDS,
+    MAX_INCLUDED_FILES,
     MAX_PASSWORD_FILE_BYTES,
+    MAX_TASKS,
     POLL_INTERVAL_BOUNDS,
     Config,
     ConfigError,
@@ -246,6 +249,7 @@ def _task(node: Node, reading: _Reading) -> TaskConfig:
         email_timeout=node.get("email_timeout", duration("m", EMAIL_TIMEOUT_BOUNDS), DEFAULT_EMAIL_TIMEOUT),
         max_in_flight=node.get("max_in_flight", as_in_flight, DEFAULT_MAX_IN_FLIGHT),
         dns_mode=node.get("dns_mode", enum_choice(DNSMode), None),
+        labels=node.get("labels", as_labels, ()),
     )
     node.finish()
     return task
@@ -263,6 +267,7 @@ def _device(node: Node, reading: _Reading) -> DeviceConfig:
         interval=node.get("interval", duration("s", INTERVAL_BOUNDS), DEFAULT_INTERVAL),
         dns=_dns(node.child("dns")),
         tasks=tasks,
+        labels=node.get("labels", as_labels, ()),
     )
     node.finish()
     return device
@@ -281,13 +286,44 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
     not read (their Secret is UNREAD_SECRET)."""
     reading = _Reading(base_dir or Path.cwd(), secrets)
     root = Node(data if data is not None else {}, "", source)
-    devices_nodes = root.children("devices")
+    devices_nodes = root.children("devices") + _included(root, reading)
     if not devices_nodes:
-        raise root.error("needs at least one device", "devices")
+        raise root.error("needs at least one device (in devices, or in a file that include names)", "devices")
+    if sum(len(node.values("tasks")) for node in devices_nodes) > MAX_TASKS:
+        raise root.error(f"more than {MAX_TASKS} tasks in all: split them over several exporters (--shard)")
     devices = tuple(_device(d, reading) for d in devices_nodes)
     _unique([d.name for d in devices], devices_nodes, "device")
     root.finish()
     return Config(devices=devices, source=source)
+
+
+def _included(root: Node, reading: _Reading) -> list[Node]:
+    """The device nodes of the files ``include`` names (glob patterns relative to the config file,
+    each file holding ``devices:`` and nothing else; no include in them). Errors name the file."""
+    paths: list[Path] = []
+    for i, pattern in enumerate(root.values("include")):
+        try:
+            paths += _glob(reading.base_dir, as_string(pattern))
+        except ValueError as exc:
+            raise root.error(str(exc), f"include[{i}]") from None
+        if len(paths) > MAX_INCLUDED_FILES:
+            raise root.error(f"names more than {MAX_INCLUDED_FILES} files", "include")
+    nodes: list[Node] = []
+    for path in paths:
+        part = Node(read_yaml(path), "", str(path))
+        nodes.extend(part.children("devices"))
+        part.finish()
+    return nodes
+
+
+def _glob(base_dir: Path, pattern: str) -> list[Path]:
+    """The files a pattern names, in a stable order (so device order, and errors, do not vary)."""
+    if not pattern:
+        raise ValueError("must be a file name or glob pattern, got an empty string")
+    given = Path(pattern)
+    if given.is_absolute():
+        return sorted(Path(given.anchor).glob(str(given.relative_to(given.anchor))))
+    return sorted(base_dir.glob(pattern))
 
 
 def load_config(path: str | Path, secrets: bool = True) -> Config:

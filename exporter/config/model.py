@@ -12,15 +12,11 @@ from exporter import files
 
 DEFAULT_INTERVAL = 300.0
 
-
 DEFAULT_COMPLETION_TIMEOUT = 120.0
-
 
 DEFAULT_EMAIL_TIMEOUT = 600.0
 
-
 DEFAULT_POLL_INTERVAL = 5.0
-
 
 DEFAULT_MAX_IN_FLIGHT = 3
 
@@ -28,36 +24,25 @@ DEFAULT_MAX_IN_FLIGHT = 3
 # Bounds (README: Configuration, Bounds). Durations in seconds, (shortest, longest).
 INTERVAL_BOUNDS = (1.0, 86400.0)
 
-
 COMPLETION_TIMEOUT_BOUNDS = (0.1, 3600.0)
-
 
 MAX_EMAIL_TIMEOUT = 3600.0
 
-
 EMAIL_TIMEOUT_BOUNDS = (1.0, MAX_EMAIL_TIMEOUT)
-
 
 POLL_INTERVAL_BOUNDS = (0.1, 3600.0)
 
-
 DNS_TIMEOUT_BOUNDS = (0.01, 600.0)
-
 
 MAX_IN_FLIGHT_LIMIT = 100
 
-
 MAX_TEXT = 4096  # characters in any string setting (paths, header values, ...)
-
 
 MAX_USER = 255
 
-
 MAX_PASSWORD = 1024
 
-
 MAX_ADDRESS = 254  # RFC 5321: a path is at most 256 octets with its angle brackets
-
 
 MAX_MAILBOX = 255
 
@@ -65,17 +50,26 @@ MAX_MAILBOX = 255
 # Files: every read is capped (exporter.files); the YAML of a config is bounded after parsing too.
 MAX_CONFIG_BYTES = 2 * files.MIB
 
-
 MAX_PASSWORD_FILE_BYTES = 4 * files.KIB
-
 
 MAX_CERTIFICATE_FILE_BYTES = files.MIB  # a CA bundle (Debian's is ~220 KB), certificate or key
 
-
 MAX_YAML_DEPTH = 64
 
-
 MAX_YAML_NODES = 200_000  # counted with every alias expanded: ~8,000 tasks; an alias bomb stops here
+MAX_INCLUDED_FILES = 1000  # include: a conf.d of files, each bounded like the main file
+MAX_TASKS = 20_000  # all files together: ~3 probes per second at a 2 h interval is far beyond one instance
+
+# Labels you choose (labels: on a device or task) go on every series of the task.
+MAX_LABELS = 16
+MAX_LABEL_VALUE = 128
+# The exporter's own label names (and Prometheus' target labels): a label of yours may not shadow one.
+RESERVED_LABELS = frozenset(
+    {"device", "task", "job", "instance", "reason", "phase", "leg", "cache", "le", "quantile", "protocol"}
+    | {"smtp_host", "incoming_host", "version", "cipher", "revision", "python", "placement", "method", "result"}
+)
+
+Labels = tuple[tuple[str, str], ...]
 
 
 class ConfigError(Exception):
@@ -178,6 +172,7 @@ class TaskConfig:
     email_timeout: float = DEFAULT_EMAIL_TIMEOUT
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     dns_mode: DNSMode | None = None  # overrides the device's mode
+    labels: Labels = ()  # the task's own, on top of its device's
 
 
 @dataclass(frozen=True)
@@ -186,6 +181,12 @@ class DeviceConfig:
     interval: float
     dns: DNSConfig
     tasks: tuple[TaskConfig, ...]
+    labels: Labels = ()
+
+    def labels_of(self, task: TaskConfig) -> Labels:
+        """The labels on the task's series: the device's, then the task's (a task's value wins)."""
+        merged = dict(self.labels) | dict(task.labels)
+        return tuple(merged.items())
 
 
 @dataclass(frozen=True)

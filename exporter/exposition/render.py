@@ -17,10 +17,12 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.build import revision
+from exporter.config.model import Labels
 from exporter.exposition.stats import DELIVERY_BUCKETS, Histogram, ReloadStatus, TaskInfo, TaskStats
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Leg, Phase
 from exporter.probe.result import ProbeResult
+from exporter.sharding import Shard
 
 PREFIX = "mail_roundtrip"
 
@@ -29,11 +31,20 @@ class SelfCollector(Collector):
     """The exporter's own state (build, reload) for prometheus-client's registry, beside the process
     and platform collectors. Task metrics do not go through the registry: see render_tasks."""
 
-    def __init__(self, reload: ReloadStatus) -> None:
+    def __init__(self, reload: ReloadStatus, shard: Shard) -> None:
         self._reload = reload
+        self._shard = shard
 
     def collect(self) -> Iterator[Metric]:
-        return _self_metrics(self._reload)
+        yield from _self_metrics(self._reload)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_exporter_shard_ordinal", "This exporter's shard (--shard).", value=self._shard.ordinal
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_exporter_total_shards",
+            "How many shards share the config (--total-shards).",
+            value=self._shard.total,
+        )
 
 
 @dataclass(frozen=True)
@@ -55,8 +66,10 @@ def _number(value: float) -> str:
     return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
 
 
-def task_labels(device: str, task: str) -> str:
-    return f'device="{_escape(device)}",task="{_escape(task)}"'
+def task_labels(device: str, task: str, labels: Labels = ()) -> str:
+    """The labels every series of a task carries: device, task and the labels the config gives it."""
+    own = "".join(f',{name}="{_escape(value)}"' for name, value in labels)
+    return f'device="{_escape(device)}",task="{_escape(task)}"{own}'
 
 
 _BUCKET_LABELS = (*(f'le="{float(bound)!r}"' for bound in DELIVERY_BUCKETS), 'le="+Inf"')
@@ -128,7 +141,7 @@ def _families() -> dict[str, _Family]:
 
 
 def _add_task(f: dict[str, list[str]], s: TaskStats) -> None:
-    key, last, n = task_labels(s.device, s.task), s.last, _number
+    key, last, n = task_labels(s.device, s.task, s.labels), s.last, _number
     if s.info is not None:
         f["task_info"].append(f"{{{key},{_info_labels(s.info)}}} 1")
     f["probe_success"].append(f"{{{key}}} {n(1 if last is not None and last.success else 0)}")

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from exporter.config.model import Labels
 from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Leg
@@ -61,6 +62,7 @@ class TaskStats:
     interval: float
     email_timeout: float
     info: TaskInfo | None = None
+    labels: Labels = ()  # the config's labels: on every series of the task
     last: ProbeResult | None = None
     probes: int = 0
     failures: Counter[Reason] = field(default_factory=Counter)
