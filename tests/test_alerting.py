@@ -87,13 +87,54 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     assert alerts - fires == set(), "alerts without a test where they fire"
     assert alerts - quiet == set(), "alerts without a test where they stay quiet"
     recorded = {rule["record"] for rule in load_rules() if "record" in rule}
-    tested = {
-        check["expr"]
+    tested = {  # the metric a test's expression selects (with or without a {label} selector)
+        re.split(r"[{\s]", check["expr"], maxsplit=1)[0]
         for path in UNIT_TESTS
         for case in yaml.safe_load(path.read_text())["tests"]
         for check in case.get("promql_expr_test", [])
     }
     assert recorded <= tested, recorded - tested
+
+
+def test_the_shipped_rules_are_what_their_parameters_render() -> None:
+    result = run(sys.executable, str(ROOT / "scripts" / "render_rules.py"), "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_generator_follows_its_parameters(tmp_path: Path) -> None:
+    params = yaml.safe_load((PROMETHEUS_DIR / "rules.params.yml").read_text())
+    params.update(job="mail-eu", group_labels=["region"], slo_target=0.99, certificate_warning_days=30)
+    (tmp_path / "params.yml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "rules.yml"
+    result = run(
+        sys.executable,
+        str(ROOT / "scripts" / "render_rules.py"),
+        "--params",
+        str(tmp_path / "params.yml"),
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    rules = [rule for group in yaml.safe_load(out.read_text())["groups"] for rule in group["rules"]]
+    alerts = {rule["alert"] for rule in rules if "alert" in rule}
+    assert {"MailRoundTripRegionFailing", "MailRoundTripRegionErrorBudgetBurn"} <= alerts
+    assert not any("Site" in name for name in alerts)
+    text = out.read_text()
+    assert 'up{job="mail-eu"}' in text and "> 0.144" in text and "< 30 > 0" in text  # 14.4 x 1 %; 30 days
+    assert run(tool("promtool"), "check", "rules", str(out)).returncode == 0
+
+
+def test_every_alert_has_a_runbook_section_and_a_dashboard() -> None:
+    headings = {
+        line[4:].strip().lower()
+        for line in (ROOT / "docs" / "runbook.md").read_text().splitlines()
+        if line.startswith("### ")
+    }
+    for rule in (r for r in load_rules() if "alert" in r):
+        annotations = rule["annotations"]
+        assert annotations["runbook_url"].endswith("runbook.md#" + rule["alert"].lower()), rule["alert"]
+        assert rule["alert"].lower() in headings, f"docs/runbook.md has no section {rule['alert']}"
+        assert annotations["dashboard_url"].startswith("http"), rule["alert"]
 
 
 def test_example_prometheus_and_alertmanager_configs_are_valid() -> None:
@@ -208,6 +249,7 @@ def exporter_config(rig: MailRig) -> dict[str, Any]:
             {
                 "name": DEVICE,
                 "interval": "1s",
+                "labels": {"site": "lab", "path": "submission"},  # the site and path rules need data too
                 "tasks": [
                     task_dict(rig, USERS[0], name="imap"),
                     task_dict(rig, USERS[1], name="pop3", smtp="submissions-tls-auth", mailbox="pop3s"),
@@ -218,12 +260,17 @@ def exporter_config(rig: MailRig) -> dict[str, Any]:
     }
 
 
+# Absent until Prometheus scraped its target once: with `for: 1s` it would fire at every start.
+STARTUP_ALERTS = frozenset({"MailRoundTripExporterAbsent"})
+
+
 def short_for_rules(tmp: Path) -> Path:
-    """The shipped rules with every `for:` cut to 1s, so that alerts fire within the test."""
+    """The shipped rules with every `for:` cut to 1s, so that alerts fire within the test (but those
+    that are true only while Prometheus starts)."""
     rules = yaml.safe_load(RULES.read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
-            if "for" in rule:
+            if "for" in rule and rule.get("alert") not in STARTUP_ALERTS:
                 rule["for"] = "1s"
     path = tmp / "rules.yml"
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
@@ -373,7 +420,7 @@ def test_dashboard_and_rules_on_real_prometheus(rig: MailRig, stack: Stack) -> N
         alert = wait_for(lambda: _alert(stack, "wrong-password"), 30, "the wrong-password alert in Alertmanager")
         assert "reason auth" in alert["annotations"]["description"], alert
         assert "password" in alert["annotations"]["description"], alert
-        assert alert["labels"]["severity"] == "critical"
+        assert alert["labels"]["severity"] == "warning"  # a ticket: the task's group pages (test_paging)
 
         # A task that works stays quiet (never even pending since Prometheus started) ...
         success = f'mail_roundtrip_probe_success{{device="{DEVICE}", task="imap"}} == 1'
@@ -396,7 +443,7 @@ def test_dashboard_and_rules_on_real_prometheus(rig: MailRig, stack: Stack) -> N
                 "MailRoundTripFailing to fire for imap",
             )
             alert = wait_for(lambda: _connect_alert(stack), 30, "the imap alert (reason connect) in Alertmanager")
-            assert alert["labels"]["severity"] == "critical" and alert["labels"]["job"] == "mail-roundtrip"
+            assert alert["labels"]["severity"] == "warning" and alert["labels"]["job"] == "mail-roundtrip"
         finally:
             rig.start_smtp()
 

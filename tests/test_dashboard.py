@@ -42,6 +42,12 @@ UNITS_EXPECTED = {"s", "percentunit", "d"}
 # --- what the exporter exports ----------------------------------------------------------------------------
 
 
+# The labels the shipped rules group by (rules.params.yml group_labels): a config gives them to tasks.
+GROUP_LABELS = tuple(
+    (name, "x") for name in yaml.safe_load((ROOT / "prometheus" / "rules.params.yml").read_text())["group_labels"]
+)
+
+
 def _probe_result() -> ProbeResult:
     """A finished probe that touched everything, so that every optional series is present."""
     now = time.time()
@@ -82,7 +88,7 @@ def scrape_text(stats: TaskStats) -> str:
 
 def exported() -> tuple[set[str], set[str]]:
     """(sample names, label names) the exporter's collector produces, rendered as Prometheus scrapes it."""
-    stats = TaskStats("d", "t", 60.0, 600.0, TaskInfo("imap", "smtp.example.test", "imap.example.test"))
+    stats = TaskStats("d", "t", 60.0, 600.0, TaskInfo("imap", "smtp.example.test", "imap.example.test"), GROUP_LABELS)
     stats.record(_probe_result())
     text = scrape_text(stats)
     names: set[str] = set()
@@ -106,7 +112,7 @@ def exporter_labels() -> set[str]:
 
 def test_the_fake_source_fills_every_metric_family() -> None:
     """Guards the fixture: a family without samples would make the name checks below too strict or too lenient."""
-    stats = TaskStats("d", "t", 60.0, 600.0, TaskInfo("imap", "smtp.example.test", "imap.example.test"))
+    stats = TaskStats("d", "t", 60.0, 600.0, TaskInfo("imap", "smtp.example.test", "imap.example.test"), GROUP_LABELS)
     stats.record(_probe_result())
     empty = [f.name for f in text_string_to_metric_families(scrape_text(stats)) if not f.samples]
     assert not empty, f"_probe_result() leaves these families empty: {empty}"
