@@ -90,9 +90,16 @@ def _testable(tmp_path: Path, text: str) -> Path:
     return path
 
 
+# systemd-analyze's offline manager still stamps /run/systemd/systemd-units-load: in a mount namespace of its
+# own it stamps a throwaway tmpfs instead of the host's /run.
+PRIVATE_RUN = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
+PRIVATE_RUN += ['mount -t tmpfs -o size=1m tmpfs /run && exec "$@"', "sh"]
+
+
 def _analyze(*args: str) -> tuple[int, str]:
     env = {**os.environ, "LANG": "C", "LC_ALL": "C", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
-    proc = subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, env=env, check=False, timeout=60)
+    command = [*PRIVATE_RUN, "systemd-analyze", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=60)
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
