@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from exporter import __version__, logs
+from exporter import __version__, assets, logs
 from exporter.config.fields import split_host_port
 from exporter.config.load import describe_failure, load_config
 from exporter.config.model import Config
@@ -64,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
         default=keys.default_key_path(),
         help="key that signs probe letters, created on first start (default: %(default)s)",
     )
+    p.add_argument(
+        "--print",
+        dest="print_asset",
+        choices=assets.NAMES,
+        help="write the shipped Grafana dashboard, Prometheus rules or example config to stdout and exit",
+    )
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -72,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.print_asset:
+        return assets.print_asset(args.print_asset)
     logs.setup(args.log_level, args.log_format)
     try:
         config = load_config(args.config_file)
