@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter import logs
+from exporter import assets, logs
 from exporter.build import version_text
 from exporter.config.fields import split_host_port
 from exporter.config.load import describe_failure, load_config
@@ -87,6 +87,12 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="how many exporters share the config, each probing the tasks of its shard (default: %(default)s)",
     )
+    p.add_argument(
+        "--print",
+        dest="print_asset",
+        choices=assets.NAMES,
+        help="write the shipped Grafana dashboard, Prometheus rules or example config to stdout and exit",
+    )
     p.add_argument("--log.level", dest="log_level", default="info", choices=list(LOG_LEVELS))
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--version", action="version", version=version_text("mail-roundtrip-exporter"))
@@ -95,6 +101,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.print_asset:
+        return assets.print_asset(args.print_asset)
     logs.setup(LOG_LEVELS[args.log_level], args.log_format)
     checking = args.config_check or args.config_check_secrets
     try:

@@ -22,8 +22,12 @@ class SigningKeyError(Exception):
 
 
 def default_key_path() -> Path:
-    state = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=
-    base = Path(state) if state else Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state"))
+    # systemd's StateDirectory=mail-roundtrip-exporter sets $STATE_DIRECTORY to that very folder
+    # (/var/lib/mail-roundtrip-exporter); with several StateDirectory= entries it lists them, ':'-separated.
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state) / "signing.key"
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state"))
     return base / "mail-roundtrip-exporter" / "signing.key"
 
 
