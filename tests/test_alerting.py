@@ -409,12 +409,20 @@ def test_dashboard_and_rules_on_real_prometheus(rig: MailRig, stack: Stack) -> N
             for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")):
                 assert all(label in series["metric"] for series in results[what]), (what, label, results[what][:1])
 
-        # The variables list the devices and tasks (Grafana runs label_values via the series API).
+        # The variables list the jobs, exporters, sites, devices and tasks (Grafana runs label_values via
+        # the series API).
+        expected = {
+            "job": {JOB},
+            "instance": {stack.exporter.url.removeprefix("http://")},
+            "site": {"lab"},
+            "device": {DEVICE},
+            "task": set(TASKS),
+        }
         for name, query in variable_queries(dashboard).items():
-            metric = substitute(query.split("(", 1)[1].rsplit(",", 1)[0], {"$device": ".*"})
+            metric = substitute(query.split("(", 1)[1].rsplit(",", 1)[0], {**VARIABLES, "$device": ".*"})
             label = query.rsplit(",", 1)[1].strip(" )")
             answer = stack.prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": metric})
-            assert set(answer["data"]) == ({DEVICE} if name == "device" else set(TASKS)), (name, answer)
+            assert set(answer["data"]) == expected[name], (name, answer)
 
         # The wrong password fails from the start: its alert reaches Alertmanager, saying what to check.
         alert = wait_for(lambda: _alert(stack, "wrong-password"), 30, "the wrong-password alert in Alertmanager")

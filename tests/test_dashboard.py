@@ -176,7 +176,15 @@ def test_promql_names_helper() -> None:
 # --- the dashboard --------------------------------------------------------------------------------------------
 
 # Values the test substitutes for Grafana's variables (test_alerting runs these on a real Prometheus).
-VARIABLES = {"$__rate_interval": "15s", "$__interval": "5s", "$__range": "1m", "$window": "1m"}
+VARIABLES = {
+    "$__rate_interval": "15s",
+    "$__interval": "5s",
+    "$__range": "1m",
+    "$window": "1m",
+    "$job": ".*",  # Grafana's "All"
+    "$instance": ".*",
+    "$site": ".*",
+}
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -255,16 +263,21 @@ def test_datasource_is_a_variable_everywhere(dashboard: dict[str, Any]) -> None:
 
 def test_device_and_task_variables(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    for name in ("device", "task"):
+    scope = ("job", "instance", "site", "device", "task")  # several exporters, locations, devices, tasks
+    for name in scope:
         var = variables[name]
         assert var["type"] == "query" and var["multi"] and var["includeAll"] and var["allValue"] == ".*"
         assert re.fullmatch(rf"label_values\(mail_roundtrip_probe_success(\{{.*\}})?, {name}\)", var["query"])
     assert variables["window"]["type"] == "interval"
-    # every panel query filters by both
+    # every panel query filters by all of them (the exporter's own metrics by job and instance)
     for title, target in dashboard_queries(dashboard):
-        if "mail_roundtrip_" in target["expr"] and "exporter_" not in target["expr"]:
-            for name in ("device", "task"):
+        if "mail_roundtrip_" in target["expr"]:
+            names = scope[:2] if "exporter_" in target["expr"] else scope
+            for name in names:
                 assert f'{name}=~"${name}"' in target["expr"], (title, target["expr"])
+        # per-task panels keep exporters apart: a max over replicas would hide a failing one
+        assert "by (device, task" not in target["expr"], (title, target["expr"])
+    assert any(link["url"] == "http://${instance}/" for link in dashboard["links"])  # the status page
 
 
 def test_every_panel_has_title_description_unit_and_queries(dashboard: dict[str, Any]) -> None:
@@ -308,7 +321,7 @@ def test_dashboard_uses_only_exported_metrics_and_labels(
         match = re.fullmatch(r"label_values\((\w+)(?:\{.*\})?, (\w+)\)", query)
         assert match, query
         metric, label = match.groups()
-        assert metric in exporter_names and label in exporter_labels, query
+        assert metric in exporter_names and label in exporter_labels | PROMETHEUS_LABELS, query
     # The panels the issue asks for: every metric family of a task shows up somewhere.
     for needed in (
         "mail_roundtrip_probe_success",
