@@ -204,3 +204,15 @@ def test_three_live_shards_probe_every_task_exactly_once(three_shards: list[str]
         tasks = {(s.labels["device"], s.labels["task"]) for s in families["mail_roundtrip_probe_success"].samples}
         owned.append(tasks)
     assert sum(map(len, owned)) == 90 and len(set().union(*owned)) == 90
+
+
+def test_the_kubernetes_example_shards_by_pod_ordinal() -> None:
+    manifest = Path(__file__).resolve().parent.parent / "docs" / "kubernetes" / "mail-roundtrip-exporter.yml"
+    documents = list(yaml.safe_load_all(manifest.read_text()))
+    (statefulset,) = [doc for doc in documents if doc["kind"] == "StatefulSet"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert f"--total-shards={statefulset['spec']['replicas']}" in container["args"]
+    assert "--shard=$(SHARD)" in container["args"]
+    (shard,) = [env for env in container["env"] if env["name"] == "SHARD"]
+    assert shard["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
