@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from exporter.probe.result import ProbeResult
 
 DEFAULT_LIMIT = 20
+MAX_LIMIT = 1000  # --history.limit's bound: 1,000 tasks x 1,000 probes is already a few GB
 
 
 class ProbeHistory:

@@ -1,0 +1,102 @@
+"""The console's HTTP handlers: overview, task page, Probe now, ``/probe`` and the two assets.
+web/app.py says which path each one serves."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from exporter.service import Exporter
+from exporter.web.console import assets
+from exporter.web.console.markup import HEADERS
+from exporter.web.console.overview import Overview
+from exporter.web.console.probe_now import (
+    ProbeNowGate,
+    Refused,
+    check_same_site,
+    debug_text,
+    result_json,
+    run_now,
+)
+from exporter.web.console.task import TaskPage
+from exporter.web.paths import Prefix
+
+
+@dataclass
+class Console:
+    exporter: Exporter
+    prefix: Prefix
+    telemetry_path: str
+    gate: ProbeNowGate = field(default_factory=ProbeNowGate)
+
+    def __post_init__(self) -> None:
+        self.overview = Overview(self.prefix, self.telemetry_path)
+        self.task_page = TaskPage(self.prefix, self.telemetry_path)
+
+
+CONSOLE_KEY = web.AppKey("console", Console)
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8", headers=HEADERS)
+
+
+async def overview(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE_KEY]
+    return _html(console.overview.render(console.exporter, request.query.get("q", "")))
+
+
+async def task_page(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE_KEY]
+    text = console.task_page.render(console.exporter, request.match_info["device"], request.match_info["task"])
+    return _html(text) if text is not None else web.Response(status=404, text="no such task\n")
+
+
+async def probe_now(request: web.Request) -> web.Response:
+    """The task page's button: run the task once, answer its page with the probe and its transcript."""
+    console = request.app[CONSOLE_KEY]
+    key = (request.match_info["device"], request.match_info["task"])
+    try:
+        check_same_site(request)
+        result = await run_now(console.exporter, console.gate, key)
+    except Refused as refused:
+        return refused.response()
+    text = console.task_page.render(console.exporter, *key, fresh=result)
+    return _html(text) if text is not None else web.Response(status=404, text="no such task\n")
+
+
+async def probe(request: web.Request) -> web.Response:
+    """For scripts: ``/probe?device=D&task=T`` runs the task once and answers its result as JSON, or,
+    with ``debug=true``, its transcript and report as text (as blackbox_exporter's /probe does)."""
+    console = request.app[CONSOLE_KEY]
+    device, task = request.query.get("device"), request.query.get("task")
+    if not device or not task:
+        return web.Response(status=400, text="device and task are required: /probe?device=D&task=T\n")
+    try:
+        check_same_site(request)
+        result = await run_now(console.exporter, console.gate, (device, task))
+    except Refused as refused:
+        return refused.response()
+    if request.query.get("debug", "").lower() == "true":
+        return web.Response(text=debug_text(result), content_type="text/plain", charset="utf-8")
+    return web.Response(text=json.dumps(result_json(result), indent=1) + "\n", content_type="application/json")
+
+
+async def stylesheet(request: web.Request) -> web.Response:
+    return _asset(assets.CSS, "text/css")
+
+
+async def script(request: web.Request) -> web.Response:
+    return _asset(assets.JS, "text/javascript")
+
+
+async def favicon(request: web.Request) -> web.Response:
+    return _asset(assets.FAVICON, "image/svg+xml")
+
+
+def _asset(text: str, content_type: str) -> web.Response:
+    # The URLs carry the assets' hash (?v=): a browser may keep them for a day without asking.
+    headers = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
+    return web.Response(text=text, content_type=content_type, charset="utf-8", headers=headers)
