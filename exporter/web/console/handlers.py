@@ -11,7 +11,7 @@ from aiohttp import web
 from exporter.service import Exporter
 from exporter.web.console import assets
 from exporter.web.console.markup import HEADERS
-from exporter.web.console.overview import Overview
+from exporter.web.console.overview import REFRESH_SECONDS, Overview
 from exporter.web.console.probe_now import (
     ProbeNowGate,
     Refused,
@@ -45,7 +45,9 @@ def _html(text: str, status: int = 200) -> web.Response:
 
 async def overview(request: web.Request) -> web.Response:
     console = request.app[CONSOLE_KEY]
-    return _html(console.overview.render(console.exporter, request.query.get("q", "")))
+    refresh = request.query.get("refresh", "")
+    seconds = min(3600, max(2, int(refresh))) if refresh.isdigit() and len(refresh) < 5 else REFRESH_SECONDS
+    return _html(console.overview.render(console.exporter, request.query.get("q", ""), seconds))
 
 
 async def task_page(request: web.Request) -> web.Response:

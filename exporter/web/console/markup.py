@@ -42,6 +42,8 @@ def when(unix: float | None, missing: str = "never", short: bool = False) -> str
 def seconds(value: float | None) -> str:
     if value is None:
         return ""
+    if value < 0.01:
+        return f"{value * 1000:.1f} ms"  # DNS and connect on a LAN: tenths of a millisecond tell apart
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
@@ -62,10 +64,10 @@ def task_link(prefix: Prefix, device: str, task: str) -> str:
     return prefix.link(f"/task/{esc(device)}/{esc(task)}")
 
 
-def page(prefix: Prefix, title: str, body: str, telemetry_path: str, started: float, refresh: bool = False) -> str:
+def page(prefix: Prefix, title: str, body: str, telemetry_path: str, started: float, refresh: int = 0) -> str:
     """A whole page: header with the links, ``body``, when it was made and how long that took
     (``started``: time.perf_counter() when the request began). With ``refresh``, console.js fetches
-    the page again every few seconds and swaps each element marked ``data-live`` for its new self."""
+    the page again every ``refresh`` seconds and swaps each element marked ``data-live`` for its new self."""
     nav = (
         f'<a href="{prefix.link("/")}">Overview</a>'
         f'<a href="{prefix.link(telemetry_path)}">Metrics</a>'
@@ -79,7 +81,7 @@ def page(prefix: Prefix, title: str, body: str, telemetry_path: str, started: fl
 <link rel="icon" href="{prefix.link("/static/favicon.svg")}">
 <link rel="stylesheet" href="{prefix.link("/static/console.css")}?v={ASSET_VERSION}">
 <script src="{prefix.link("/static/console.js")}?v={ASSET_VERSION}" defer></script>
-</head><body{' data-refresh="10"' if refresh else ""}>
+</head><body{f' data-refresh="{refresh}"' if refresh else ""}>
 <header><strong>mail-roundtrip-exporter</strong> <span class="muted">{esc(__version__)}</span><nav>{nav}</nav></header>
 <main>
 {body}

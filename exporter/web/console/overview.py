@@ -12,6 +12,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from exporter.exposition.stats import ReloadStatus, TaskStats
 from exporter.service import Exporter
@@ -19,6 +20,7 @@ from exporter.timefmt import utc_time
 from exporter.web.console.markup import badge, esc, page, seconds, task_link, when
 from exporter.web.paths import Prefix
 
+REFRESH_SECONDS = 10  # how often the page reloads what it shows; ?refresh=N (2..3600) for a wall display
 ERROR_LIMIT = 300  # of the error text in a row; the task page shows all of it
 COLUMNS = ("Task", "Result", "Reason and error", "Failing since", "Last probe", "Delivery", "SMTP", "Mailbox", "Busy")
 
@@ -40,7 +42,7 @@ class Overview:
         self.telemetry_path = telemetry_path
         self._rows: weakref.WeakKeyDictionary[TaskStats, _Row] = weakref.WeakKeyDictionary()
 
-    def render(self, exporter: Exporter, query: str = "") -> str:
+    def render(self, exporter: Exporter, query: str = "", refresh: int = REFRESH_SECONDS) -> str:
         started = time.perf_counter()
         stats = list(exporter.scheduler.stats())
         rows = sorted((self._row(task) for task in stats), key=lambda row: row.order)
@@ -48,9 +50,9 @@ class Overview:
         shown = [not wanted or wanted in row.search for row in rows]
         body = "".join(
             (
-                _banner(exporter.reload_status),
+                _banner(exporter.reload_status, _file_paths(exporter)),
                 _counts(stats, rows),
-                self._filter(query, sum(shown), len(rows)),
+                self._filter(query, sum(shown), len(rows), refresh),
                 '<table id="tasks" data-live><thead><tr>',
                 "".join(f'<th scope="col">{name}</th>' for name in COLUMNS),
                 "</tr></thead><tbody>",
@@ -59,7 +61,7 @@ class Overview:
                 "" if rows else '<p class="muted">No tasks yet (the configuration is loading).</p>',
             )
         )
-        return page(self.prefix, "Mail round trips", body, self.telemetry_path, started, refresh=True)
+        return page(self.prefix, "Mail round trips", body, self.telemetry_path, started, refresh=refresh)
 
     def _row(self, stats: TaskStats) -> _Row:
         row = self._rows.get(stats)
@@ -95,9 +97,10 @@ class Overview:
         html = f' class="{"failing" if failing else ""}" data-search="{esc(search)}">{"".join(cells)}</tr>'
         return _Row(stats.generation, (rank, stats.device, stats.task), search, html, failing)
 
-    def _filter(self, query: str, shown: int, total: int) -> str:
+    def _filter(self, query: str, shown: int, total: int, refresh: int) -> str:
         return (
             f'<form class="filter" role="search" method="get" action="{self.prefix.link("/")}">'
+            f'<input type="hidden" name="refresh" value="{refresh}">'
             '<label for="filter">Filter</label> '
             f'<input id="filter" name="q" type="search" value="{esc(query, 200)}" autocomplete="off" '
             'placeholder="device, task, reason or host" autofocus> '
@@ -116,14 +119,24 @@ def _busy(stats: TaskStats) -> str:
     return f"{stats.in_flight}{skipped if stats.skipped else ''}"
 
 
-def _banner(reload: ReloadStatus) -> str:
+def _file_paths(exporter: Exporter) -> list[str]:
+    """The config files' paths: a reload error names them, and only /config may (the page is seen by
+    whoever reaches the port)."""
+    others = (getattr(other, "path", None) for other in exporter.also_reloaded)
+    return [str(exporter.config_path), *(path for path in others if isinstance(path, str))]
+
+
+def _banner(reload: ReloadStatus, paths: list[str]) -> str:
     if reload.error is None:
         return '<div id="banner" data-live></div>'  # where a refresh puts the banner of a later failure
     since = f" at {utc_time(reload.failed_at)}" if reload.failed_at is not None else ""
+    error = reload.error
+    for path in sorted(paths, key=len, reverse=True):
+        error = error.replace(path, Path(path).name)
     return (
         '<div id="banner" data-live><section class="banner" role="alert" id="reload-failed">'
         f"<h2>The last configuration reload failed{since}</h2>"
-        f"<p><code>{esc(reload.error)}</code></p>"
+        f"<p><code>{esc(error)}</code></p>"
         f"<p>The configuration loaded {utc_time(reload.last_success)} keeps running.</p></section></div>"
     )
 

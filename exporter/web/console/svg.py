@@ -122,7 +122,8 @@ def sparkline(results: Sequence[ProbeResult]) -> str:
     drawn = [f'<polyline class="spark" points="{line}"></polyline>'] if len(points) > 1 else []
     drawn += [f'<circle class="spark" cx="{x:.1f}" cy="{y:.1f}" r="2"></circle>' for x, y in points]
     return (
-        f'<svg class="sparkline" role="img" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" width="{SPARK_WIDTH}" '
-        f'height="{SPARK_HEIGHT}" aria-label="{esc(label)}"><title>{esc(label)}</title>{"".join(drawn + marks)}</svg>'
-        f' <span class="muted">{esc(label)}</span>'
+        f'<div class="spark"><svg class="sparkline" role="img" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" '
+        f'width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" aria-label="{esc(label)}">'
+        f"<title>{esc(label)}</title>{''.join(drawn + marks)}</svg>"
+        f'<span class="muted">{esc(label)}</span></div>'
     )
