@@ -4,6 +4,7 @@ web/app.py says which path each one serves."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from exporter.web.console.probe_now import (
     run_now,
 )
 from exporter.web.console.task import TaskPage
+from exporter.web.pace import PageGate
 from exporter.web.paths import Prefix
 
 
@@ -30,6 +32,7 @@ class Console:
     prefix: Prefix
     telemetry_path: str
     gate: ProbeNowGate = field(default_factory=ProbeNowGate)
+    pages: PageGate = field(default_factory=PageGate)  # bounds what browsers cost the probes' event loop
 
     def __post_init__(self) -> None:
         self.overview = Overview(self.prefix, self.telemetry_path)
@@ -39,24 +42,33 @@ class Console:
 CONSOLE_KEY = web.AppKey("console", Console)
 
 
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8", headers=HEADERS)
+async def _page(request: web.Request, render: Callable[[], str | None]) -> web.StreamResponse:
+    """Render and send a page in its turn (PageGate): the body has left before the next one starts."""
+    async with request.app[CONSOLE_KEY].pages.turn():
+        text = render()
+        if text is None:
+            response = web.Response(status=404, text="no such task\n")
+        else:
+            response = web.Response(text=text, content_type="text/html", charset="utf-8", headers=HEADERS)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
 
 
-async def overview(request: web.Request) -> web.Response:
+async def overview(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE_KEY]
     refresh = request.query.get("refresh", "")
     seconds = min(3600, max(2, int(refresh))) if refresh.isdigit() and len(refresh) < 5 else REFRESH_SECONDS
-    return _html(console.overview.render(console.exporter, request.query.get("q", ""), seconds))
+    return await _page(request, lambda: console.overview.render(console.exporter, request.query.get("q", ""), seconds))
 
 
-async def task_page(request: web.Request) -> web.Response:
+async def task_page(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE_KEY]
-    text = console.task_page.render(console.exporter, request.match_info["device"], request.match_info["task"])
-    return _html(text) if text is not None else web.Response(status=404, text="no such task\n")
+    device, task = request.match_info["device"], request.match_info["task"]
+    return await _page(request, lambda: console.task_page.render(console.exporter, device, task))
 
 
-async def probe_now(request: web.Request) -> web.Response:
+async def probe_now(request: web.Request) -> web.StreamResponse:
     """The task page's button: run the task once, answer its page with the probe and its transcript."""
     console = request.app[CONSOLE_KEY]
     key = (request.match_info["device"], request.match_info["task"])
@@ -65,8 +77,7 @@ async def probe_now(request: web.Request) -> web.Response:
         result = await run_now(console.exporter, console.gate, key)
     except Refused as refused:
         return refused.response()
-    text = console.task_page.render(console.exporter, *key, fresh=result)
-    return _html(text) if text is not None else web.Response(status=404, text="no such task\n")
+    return await _page(request, lambda: console.task_page.render(console.exporter, *key, fresh=result))
 
 
 async def probe(request: web.Request) -> web.Response:
