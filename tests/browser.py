@@ -39,10 +39,11 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-def screenshot(page: Page, directory: Path, name: str) -> Path:
-    """A full-page PNG among the test's artefacts (and in $CONSOLE_SCREENSHOTS, if set)."""
+def screenshot(page: Page, directory: Path, name: str, full_page: bool = True) -> Path:
+    """A PNG of the page (or of what the window shows) among the test's artefacts (and in
+    $CONSOLE_SCREENSHOTS, if set)."""
     path = directory / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     print(f"screenshot: {path}")
     extra = os.environ.get(SCREENSHOTS_ENV)
     if extra:

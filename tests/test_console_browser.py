@@ -257,7 +257,8 @@ def test_probe_now_shows_the_transcript_without_a_password(live: Live, page: Pag
         expect(transcript).to_contain_text(said)
     expect(transcript).to_contain_text("queued as")
     expect(fresh.locator("pre.letter")).to_contain_text("X-Mail-Roundtrip-Probe: mrt-")
-    screenshot(page, shots, "probe-now")
+    fresh.scroll_into_view_if_needed()
+    screenshot(page, shots, "probe-now", full_page=False)  # the transcript runs on for a few screens
     texts = {"page": page.content()}
     status, body = live.request("/probe?device=rig&task=ok", method="POST")
     assert status == 200 and json.loads(body)["success"] is True, body
