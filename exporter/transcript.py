@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from exporter.config.model import Secret
 from exporter.probe.phases import Leg
@@ -36,10 +37,12 @@ LOG_LINES = 500  # at debug: a server that talks on and on cannot flood the log 
 LINE_LIMIT = 300
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
+class Line(NamedTuple):
+    """One command or reply. Plain values only (the leg by its name): a tuple of those is not tracked
+    by the garbage collector, and each task keeps two transcripts of ~60 lines."""
+
     at: float  # monotonic seconds since the probe began
-    leg: Leg
+    leg: str  # Leg's value
     sent: bool  # True: we said it; False: the server did
     text: str  # sanitised and redacted
 
@@ -63,7 +66,7 @@ class Transcript:
 
     def add(self, leg: Leg, sent: bool, text: str | bytes) -> None:
         hidden = [secret.reveal() for secret in self.hide]
-        line = Line(time.monotonic() - self.started, leg, sent, server_text(text, LINE_LIMIT, hidden))
+        line = Line(time.monotonic() - self.started, leg.value, sent, server_text(text, LINE_LIMIT, hidden))
         if len(self.head) < HEAD_LINES:
             self.head.append(line)
         else:
@@ -91,7 +94,7 @@ class Transcript:
 
 
 def _plain(line: Line) -> str:
-    return f"{line.at:8.3f}s {line.leg.value:<7} {'>' if line.sent else '<'} {line.text}"
+    return f"{line.at:8.3f}s {line.leg:<7} {'>' if line.sent else '<'} {line.text}"
 
 
 _current: ContextVar[Transcript | None] = ContextVar("transcript", default=None)

@@ -98,6 +98,7 @@ async def loop_hold(exporter: Exporter, clients: int, seconds: float) -> None:
     ask for the overview again and again."""
     lateness: list[float] = []
     stop = time.monotonic() + seconds
+    collections = GCPauses()
 
     async def ticker() -> None:
         while time.monotonic() < stop:
@@ -116,13 +117,42 @@ async def loop_hold(exporter: Exporter, clients: int, seconds: float) -> None:
                 count += 1
             return count
 
-        tick = asyncio.create_task(ticker())
-        counts = await asyncio.gather(*(browser() for _ in range(clients)))
-        await tick
-    print(
-        f"event loop lateness with {clients} browsers reloading the overview back to back ({sum(counts)} pages in "
-        f"{seconds:g} s): {ms(lateness)}, max {max(lateness) * 1000:.1f} ms"
-    )
+        with collections:
+            tick = asyncio.create_task(ticker())
+            counts = await asyncio.gather(*(browser() for _ in range(clients)))
+            await tick
+    what = f"{clients} browsers reloading the overview back to back ({sum(counts)} pages in {seconds:g} s)"
+    print(f"event loop lateness, {what if clients else 'no browser (the machine itself)'}: {ms(lateness)}, "
+          f"max {max(lateness) * 1000:.1f} ms; {collections}")  # fmt: skip
+
+
+class GCPauses:
+    """The garbage collector's pauses while in the block: a full collection of a few million objects
+    (the history of 1,000 tasks) can hold the loop longer than any page does."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def __enter__(self) -> GCPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def __str__(self) -> str:
+        if not self.pauses:
+            return "no garbage collection"
+        generation, longest = max(self.pauses, key=lambda pause: pause[1])
+        full = sum(1 for g, _ in self.pauses if g == 2)
+        return f"longest GC pause {longest * 1000:.1f} ms (generation {generation}; {full} full collections)"
 
 
 def transcript_cost(probes: int) -> None:
@@ -141,8 +171,18 @@ def transcript_cost(probes: int) -> None:
         function()
     on = min(sum(timed(with_transcript, probes)) for _ in range(3)) / probes
     off = min(sum(timed(without, probes)) for _ in range(3)) / probes
+    tracemalloc.start()
+    kept = []
+    for _ in range(100):
+        with recording("dev", "task") as transcript:
+            for leg, sent, text in PROBE_LINES:
+                note(leg, sent, text)
+        kept.append(transcript)
+    size = tracemalloc.get_traced_memory()[0] / len(kept)
+    tracemalloc.stop()
     print(
-        f"transcript recording: {(on - off) * 1e6:.0f} us CPU per probe of {len(PROBE_LINES)} lines "
+        f"transcript recording: {size / 1e3:.1f} KB kept per transcript, "
+        f"{(on - off) * 1e6:.0f} us CPU per probe of {len(PROBE_LINES)} lines "
         f"({(on - off) / len(PROBE_LINES) * 1e6:.2f} us per line; ~{(on - off) / 0.009 * 100:.1f} % of the "
         f"~9 ms CPU a probe costs, docs/benchmarks.md)"
     )
@@ -160,11 +200,17 @@ def history_memory(tasks: int, history: int) -> None:
     total = sum(stat.size_diff for stat in after.compare_to(setup, "filename"))
     base = sum(stat.size_diff for stat in setup.compare_to(before, "filename"))
     per_probe = total / (tasks * history)
+    for _ in range(4):  # the kept probes' tuples are untracked level by level, as a running exporter's are
+        gc.collect()
+    started = time.perf_counter()
+    gc.collect()
+    full = time.perf_counter() - started
     print(
         f"memory of the history: {total / 1e6:.1f} MB for {tasks} tasks x {history} probes "
         f"({per_probe / 1e3:.1f} KB per kept probe, incl. each task's last and last failed transcript; "
-        f"tasks themselves {base / 1e6:.1f} MB)"
+        f"tasks themselves {base / 1e6:.1f} MB); a full garbage collection then takes {full * 1000:.1f} ms"
     )
+    del exporter
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exporter = exporter_with(args.tasks)
     fill(exporter, args.history)
     pages(exporter, args.tasks, args.history)
+    asyncio.run(loop_hold(exporter, 0, args.seconds))
     asyncio.run(loop_hold(exporter, args.clients, args.seconds))
     transcript_cost(2000)
     return 0

@@ -4,6 +4,8 @@ are tests/test_console_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import re
 import time
@@ -17,7 +19,7 @@ from exporter import cli
 from exporter.config.load import parse_config
 from exporter.config.model import Secret
 from exporter.probe.clock import PhaseClock
-from exporter.probe.history import ProbeHistory
+from exporter.probe.history import ProbeHistory, pack, unpack
 from exporter.probe.phases import Leg, Phase
 from exporter.service import Exporter
 from exporter.transcript import HEAD_LINES, TAIL_LINES, Transcript, note, note_letter, recording
@@ -121,6 +123,17 @@ def test_history_is_bounded_and_keeps_the_last_failure_with_its_transcript() -> 
     assert all(kept.transcript is None for kept in history.newest_first())  # no transcript per kept probe
     history.add(result("d", "t", success=True, finished=now))
     assert history.failing_since is None and next(history.newest_first()).success
+
+
+@pytest.mark.parametrize("success", [True, False])
+def test_a_kept_probe_is_the_probe_without_its_transcript(success: bool) -> None:
+    made = result("d", "t", success=success, finished=time.time())
+    made.server_delivery_seconds, made.swept, made.smtp.tls = -0.5, 2, None
+    assert unpack(pack(made)) == dataclasses.replace(made, transcript=None)
+    packed = pack(made)
+    for _ in range(4):  # each collection untracks one more level of tuples of plain values
+        gc.collect()
+    assert not gc.is_tracked(packed)  # kept probes cost a full garbage collection nothing
 
 
 def test_transcript_keeps_head_and_tail_hides_echoed_passwords_and_our_letter_header() -> None:
