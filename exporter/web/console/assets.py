@@ -70,7 +70,7 @@ svg rect.smtp { fill:var(--smtp); } svg rect.mailbox { fill:var(--mailbox); } sv
 svg rect.failed { fill:var(--bad); } svg line.tick { stroke:var(--line); }
 svg polyline.spark { fill:none; stroke:var(--smtp); stroke-width:1.5; } svg circle.spark { fill:var(--smtp); }
 .rendered { margin-top:1.5em; font-size:.85em; }
-.spark { display:flex; gap:1em; align-items:center; } table.transcript td.num { white-space:nowrap; }
+.spark-row { display:flex; gap:1em; align-items:center; } table.transcript td.num { white-space:nowrap; }
 """
 
 JS = """

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,17 @@ from exporter.web.paths import Prefix
 
 REFRESH_SECONDS = 10  # how often the page reloads what it shows; ?refresh=N (2..3600) for a wall display
 ERROR_LIMIT = 300  # of the error text in a row; the task page shows all of it
-COLUMNS = ("Task", "Result", "Reason and error", "Failing since", "Last probe", "Delivery", "SMTP", "Mailbox", "Busy")
+COLUMNS = (
+    "Task",
+    "Result",
+    "Reason and error",
+    "Failing since",
+    "Last probe",
+    "Delivery",
+    "SMTP",
+    "Mailbox",
+    "In flight",
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,7 @@ class Overview:
             f'<td class="num">{seconds(last.delivery_seconds if last else None)}</td>',
             f"<td>{_host(smtp_host, smtp_address)}</td>",
             f"<td>{_host(mailbox_host, mailbox_address, info.protocol if info else '')}</td>",
-            f'<td class="num">{_busy(stats)}</td>',
+            f'<td class="num">{_in_flight(stats)}</td>',
         )
         html = f' class="{"failing" if failing else ""}" data-search="{esc(search)}">{"".join(cells)}</tr>'
         return _Row(stats.generation, (rank, stats.device, stats.task), search, html, failing)
@@ -114,7 +123,7 @@ def _host(host: str, address: str | None, protocol: str = "") -> str:
     return f"{kind}{esc(host)}{used}"
 
 
-def _busy(stats: TaskStats) -> str:
+def _in_flight(stats: TaskStats) -> str:
     skipped = f' <span class="warn" title="runs skipped at max_in_flight">+{stats.skipped} skipped</span>'
     return f"{stats.in_flight}{skipped if stats.skipped else ''}"
 
@@ -141,8 +150,7 @@ def _banner(reload: ReloadStatus, paths: list[str]) -> str:
     )
 
 
-def _counts(stats: Iterable[TaskStats], rows: list[_Row]) -> str:
-    stats = list(stats)
+def _counts(stats: list[TaskStats], rows: list[_Row]) -> str:
     counts = (
         ("tasks", len(rows), ""),
         ("failing", sum(row.failing for row in rows), "bad"),

@@ -119,10 +119,11 @@ def sparkline(results: Sequence[ProbeResult]) -> str:
     slowest = seconds(top) if delivered else "none"
     label = f"delivery time of the last {len(results)} probes: {len(delivered)} delivered, slowest {slowest}"
     line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    drawn = [f'<polyline class="spark" points="{line}"></polyline>'] if len(points) > 1 else []
+    drawn = [f'<line class="tick" x1="0" x2="{SPARK_WIDTH}" y1="{SPARK_HEIGHT - 1}" y2="{SPARK_HEIGHT - 1}"></line>']
+    drawn += [f'<polyline class="spark" points="{line}"></polyline>'] if len(points) > 1 else []
     drawn += [f'<circle class="spark" cx="{x:.1f}" cy="{y:.1f}" r="2"></circle>' for x, y in points]
     return (
-        f'<div class="spark"><svg class="sparkline" role="img" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" '
+        f'<div class="spark-row"><svg class="sparkline" role="img" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" '
         f'width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" aria-label="{esc(label)}">'
         f"<title>{esc(label)}</title>{''.join(drawn + marks)}</svg>"
         f'<span class="muted">{esc(label)}</span></div>'
