@@ -22,7 +22,7 @@ from exporter.web.console.probe_now import (
     run_now,
 )
 from exporter.web.console.task import TaskPage
-from exporter.web.pace import PageGate
+from exporter.web.pace import Turns
 from exporter.web.paths import Prefix
 
 
@@ -32,7 +32,8 @@ class Console:
     prefix: Prefix
     telemetry_path: str
     gate: ProbeNowGate = field(default_factory=ProbeNowGate)
-    pages: PageGate = field(default_factory=PageGate)  # bounds what browsers cost the probes' event loop
+    # Pages take turns (2 at a time, 10 a second, 32 waiting): browsers cannot hold the probes' event loop.
+    pages: Turns = field(default_factory=lambda: Turns(per_second=10, at_once=2, waiting=32))
 
     def __post_init__(self) -> None:
         self.overview = Overview(self.prefix, self.telemetry_path)
@@ -43,8 +44,11 @@ CONSOLE_KEY = web.AppKey("console", Console)
 
 
 async def _page(request: web.Request, render: Callable[[], str | None]) -> web.StreamResponse:
-    """Render and send a page in its turn (PageGate): the body has left before the next one starts."""
-    async with request.app[CONSOLE_KEY].pages.turn():
+    """Render and send a page in its turn: the body has left before the next one starts."""
+    pages = request.app[CONSOLE_KEY].pages
+    if pages.full:
+        return web.Response(status=503, text="too many console requests\n", headers={"Retry-After": "1"})
+    async with pages.turn():
         text = render()
         if text is None:
             response = web.Response(status=404, text="no such task\n")
