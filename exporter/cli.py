@@ -16,6 +16,8 @@ from exporter.config.model import Config
 from exporter.letter import keys
 from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun
+from exporter.probe.history import DEFAULT_LIMIT as DEFAULT_HISTORY_LIMIT
+from exporter.probe.history import MAX_LIMIT as MAX_HISTORY_LIMIT
 from exporter.probe.result import ProbeResult
 from exporter.probe.roundtrip import run_probe
 from exporter.report import render_report
@@ -23,6 +25,7 @@ from exporter.service import Exporter, warn_unverified
 from exporter.sharding import Shard
 from exporter.web.app import DEFAULT_TELEMETRY_PATH, OTHER_PATHS
 from exporter.web.guard import WebGuard
+from exporter.web.paths import parse_prefix
 from exporter.web.server import serve
 
 DEFAULT_LISTEN = ":9925"
@@ -65,6 +68,25 @@ def parser() -> argparse.ArgumentParser:
         dest="telemetry_path",
         default=DEFAULT_TELEMETRY_PATH,
         help="path under which to expose metrics (default: %(default)s)",
+    )
+    p.add_argument(
+        "--web.external-url",
+        dest="external_url",
+        default=None,
+        help="the URL under which the exporter is reached (behind a reverse proxy): the console's links use its path",
+    )
+    p.add_argument(
+        "--web.route-prefix",
+        dest="route_prefix",
+        default=None,
+        help="prefix of every HTTP route (default: the path of --web.external-url, else none)",
+    )
+    p.add_argument(
+        "--history.limit",
+        dest="history_limit",
+        type=history_limit,
+        default=DEFAULT_HISTORY_LIMIT,
+        help="probes each task keeps in memory for the console's task page (default: %(default)s)",
     )
     p.add_argument(
         "--web.config.file",
@@ -127,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         addresses = listen_addresses(args.listen or [DEFAULT_LISTEN])
         telemetry_path = check_telemetry_path(args.telemetry_path)
         shard = Shard(args.shard, args.total_shards)
+        prefix = parse_prefix(args.route_prefix, args.external_url)
     except (keys.SigningKeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -134,8 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = asyncio.run(run_once(shard.select(config), signer))
         print(render_report(results))
         return EXIT_OK if all(r.success for r in results) else EXIT_PROBE_FAILED
-    exporter = Exporter(Path(args.config_file), config, signer, also=[guard], shard=shard)
-    return asyncio.run(serve(exporter, addresses, guard, telemetry_path))
+    exporter = Exporter(
+        Path(args.config_file), config, signer, also=[guard], shard=shard, history_limit=args.history_limit
+    )
+    return asyncio.run(serve(exporter, addresses, guard, telemetry_path, prefix))
 
 
 def listen_addresses(texts: Sequence[str]) -> list[tuple[str | None, int]]:
@@ -146,6 +171,17 @@ def listen_addresses(texts: Sequence[str]) -> list[tuple[str | None, int]]:
             raise ValueError(f"--web.listen-address {text!r} needs a port")
         addresses.append((host or None, port))
     return addresses
+
+
+def history_limit(text: str) -> int:
+    """1 .. MAX_HISTORY_LIMIT probes: each kept probe costs a few KB per task."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_HISTORY_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number 1..{MAX_HISTORY_LIMIT}, got {text!r}")
+    return value
 
 
 def check_telemetry_path(path: str) -> str:

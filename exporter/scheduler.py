@@ -20,6 +20,7 @@ from exporter.exposition.stats import TaskInfo, TaskStats
 from exporter.legs.mailbox import FoundLetter
 from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun, ResolverCache
+from exporter.probe.history import DEFAULT_LIMIT, ProbeHistory
 from exporter.probe.result import ProbeResult
 from exporter.probe.roundtrip import run_probe
 from exporter.probe.watch import Mailbox
@@ -50,14 +51,17 @@ class Slot:
 class TaskRunner:
     """One task: its statistics, its mailbox memory and its in-flight probes."""
 
-    def __init__(self, device: DeviceConfig, task: TaskConfig, signer: Signer) -> None:
+    def __init__(
+        self, device: DeviceConfig, task: TaskConfig, signer: Signer, history_limit: int = DEFAULT_LIMIT
+    ) -> None:
         self.device = device.name
         self.task = task
         self.signer = signer
         info = TaskInfo(task.incoming.protocol.value, task.smtp.host, task.incoming.server.host)
-        self.stats = TaskStats(device.name, task.name, device.interval, task.email_timeout, info)
+        history = ProbeHistory(history_limit)
+        self.stats = TaskStats(device.name, task.name, device.interval, task.email_timeout, info, history=history)
         self.mailbox = Mailbox(task.incoming, signer, on_late=self._late_arrival)
-        self.probes: set[asyncio.Task[None]] = set()
+        self.probes: set[asyncio.Task[ProbeResult]] = set()
         self.slot: Slot | None = None  # set by the scheduler
 
     def launch(self, run: DeviceRun) -> None:
@@ -68,11 +72,19 @@ class TaskRunner:
                 extra={"device": self.device, "task": self.task.name, "in_flight": len(self.probes)},
             )
             return
+        self._start(run)
+
+    def probe_now(self, run: DeviceRun) -> asyncio.Task[ProbeResult]:
+        """One probe outside the schedule (the console's Probe now), counted like every other."""
+        return self._start(run)
+
+    def _start(self, run: DeviceRun) -> asyncio.Task[ProbeResult]:
         probe = asyncio.create_task(self._probe(run), name=f"probe {self.device}/{self.task.name}")
         self.probes.add(probe)
         probe.add_done_callback(self.probes.discard)
+        return probe
 
-    async def _probe(self, run: DeviceRun) -> None:
+    async def _probe(self, run: DeviceRun) -> ProbeResult:
         self.stats.in_flight += 1
         try:
             result = await run_probe(self.device, self.task, self.signer, run.resolver(self.task), self.mailbox)
@@ -81,6 +93,7 @@ class TaskRunner:
         self.stats.record(result)
         self._forget_old_late_letters()
         _log_result(result)
+        return result
 
     def _late_arrival(self, letter: FoundLetter, accepted: float) -> None:
         self.stats.late_arrivals += 1
@@ -131,8 +144,10 @@ class Scheduler:
         signer: Signer,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        history_limit: int = DEFAULT_LIMIT,
     ) -> None:
         self.signer = signer
+        self.history_limit = history_limit  # probes each task keeps for the console
         self.runners: dict[TaskKey, TaskRunner] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._clock = clock
@@ -150,7 +165,7 @@ class Scheduler:
             await self.runners.pop(key).stop()
         for key, (device, task) in wanted.items():
             if key not in self.runners:
-                self.runners[key] = TaskRunner(device, task, self.signer)
+                self.runners[key] = TaskRunner(device, task, self.signer, self.history_limit)
             stats = self.runners[key].stats
             stats.interval = device.interval  # a device's interval and labels may change on reload
             stats.labels = device.labels_of(task)

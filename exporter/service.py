@@ -19,6 +19,7 @@ from exporter.config.model import Config
 from exporter.exposition.render import SelfCollector, render_tasks
 from exporter.exposition.stats import ReloadStatus, TaskStats
 from exporter.letter.token import Signer
+from exporter.probe.history import DEFAULT_LIMIT as DEFAULT_HISTORY_LIMIT
 from exporter.scheduler import Scheduler
 from exporter.sharding import Shard
 
@@ -46,13 +47,14 @@ class Exporter:
         signer: Signer,
         also: Sequence[Reloadable] = (),
         shard: Shard = Shard(),  # noqa: B008 (frozen: one instance is as good as any)
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
     ) -> None:
         self.config_path = config_path
         self.config = config
         self.shard = shard
         self.also_reloaded = also
         self.ready = False  # the config is loaded and the scheduler runs: /-/ready says 200
-        self.scheduler = Scheduler(signer)
+        self.scheduler = Scheduler(signer, history_limit=history_limit)
         self.reload_status = ReloadStatus()
         self.registry = CollectorRegistry()  # the exporter's own and the process's metrics
         self.registry.register(SelfCollector(self.reload_status, shard))
@@ -87,10 +89,12 @@ class Exporter:
             except Exception as exc:  # not only ConfigError: a bug must not become a lost task's traceback
                 error = describe_failure(self.config_path, exc)
                 self.reload_status.successful = False
+                self.reload_status.error, self.reload_status.failed_at = error, time.time()
                 log.error("config reload failed", extra={"error": error})
                 return error
             self.config = config
             self.reload_status.successful = True
+            self.reload_status.error = None
             self.reload_status.last_success = time.time()
             log.info("config reloaded", extra={"tasks": len(config.tasks())})
             return None

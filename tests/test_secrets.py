@@ -1,5 +1,7 @@
-"""Passwords never leak: not in logs (debug, logfmt and JSON), /metrics, the status page, reload answers,
---once reports, config loader errors, nor the repr()/str() of config objects and probe results.
+"""Passwords never leak: not in logs (debug, logfmt and JSON), /metrics, the console's pages (overview,
+task pages with their transcripts, Probe now), /probe's JSON and debug text, reload answers, --once
+reports, config loader errors, nor the repr()/str() of config objects and probe results (and their
+transcripts).
 
 Tasks log in to the real rig with a distinctive wrong password (the canary) on SMTP AUTH, IMAP and
 POP3, next to tasks with the right password; then everything the exporter printed or served is
@@ -174,6 +176,7 @@ def test_served_exporter_never_shows_a_password(rig: MailRig, served: tuple[subp
     pages = {path: fetch(url + path)[1] for path in ("/metrics", "/", "/-/healthy")}
     pages["openmetrics"] = fetch(url + "/metrics", accept="application/openmetrics-text; version=1.0.0")[1]
     _check_reasons(pages["/metrics"])
+    pages |= _console_pages(url)
 
     # A reload the loader refuses (the canary as a list) and one it takes (via SIGHUP).
     good = config.read_text()
@@ -194,6 +197,21 @@ def test_served_exporter_never_shows_a_password(rig: MailRig, served: tuple[subp
     # The failures really were logged with their error text (where a leak would show).
     assert "probe finished" in stderr and "server rejected the credentials" in stderr, stderr
     assert "config reloaded" in stderr and "config reload failed" in stderr, stderr
+
+
+def _console_pages(url: str) -> dict[str, str]:
+    """Every task's console page (with the transcripts it keeps), and a Probe now of one wrong password
+    per protocol through /probe: as JSON, as debug text (the transcript) and as the button's page."""
+    pages = {f"/task/sec/{name}": fetch(f"{url}/task/sec/{name}")[1] for name in WRONG + RIGHT}
+    assert "Transcript of the last failed probe" in pages["/task/sec/smtps-wrong"]
+    for name in ("smtps-wrong", "imap-quoted-wrong", "pop3s-wrong"):
+        status, pages[f"/probe {name}"] = fetch(f"{url}/probe?device=sec&task={name}", method="POST")
+        assert status == 200 and '"reason": "auth"' in pages[f"/probe {name}"], pages[f"/probe {name}"]
+        status, pages[f"/probe debug {name}"] = fetch(f"{url}/probe?device=sec&task={name}&debug=true")
+        assert status == 200 and "<redacted>" in pages[f"/probe debug {name}"], pages[f"/probe debug {name}"]
+    status, pages["Probe now"] = fetch(f"{url}/task/sec/smtp-quoted-wrong/probe", method="POST")
+    assert status == 200 and "AUTH PLAIN &lt;redacted&gt;" in pages["Probe now"], pages["Probe now"]
+    return pages
 
 
 def _check_reasons(metrics: str) -> None:

@@ -20,7 +20,8 @@ from exporter.probe.phases import Phase
 from exporter.probe.result import LegResult, ProbeResult
 from exporter.report import render_report
 from exporter.sanitise import HIDDEN, MESSAGE_LIMIT, SERVER_TEXT_LIMIT, server_text
-from exporter.web.status import _row
+from exporter.web.console.overview import Overview
+from exporter.web.paths import Prefix
 
 FORGED = "\r\n== forged/task: OK\n"
 # ESC sequences, bare CR, NUL, DEL, C1 NEL, line/paragraph separators, bidi overrides, zero width.
@@ -102,6 +103,6 @@ def test_logs_escape_what_they_quote() -> None:
 
 def test_status_page_row_is_sanitised() -> None:
     stats = TaskStats(device="rig", task="t", interval=60.0, email_timeout=60.0, last=result_with(HOSTILE + FORGED))
-    row = _row(stats)
+    row = Overview(Prefix(), "/metrics")._make_row(stats).html
     assert safe_line(row) and "\u202e" not in row and "== forged/task: OK" in row
-    assert "&lt;" not in row and "<td>?[2J?]0;owned? bare CR" in row
+    assert "?[2J?]0;owned? bare CR" in row

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from exporter.config.model import Labels
 from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
+from exporter.probe.history import ProbeHistory
 from exporter.probe.phases import Leg
 from exporter.probe.result import ProbeResult
 
@@ -74,6 +75,7 @@ class TaskStats:
     last_success: float | None = None
     dns_lookups: Counter[tuple[Leg, bool]] = field(default_factory=Counter)  # (leg, cache hit)
     tls: dict[Leg, TLSFacts] = field(default_factory=dict)  # the last TLS session of each leg
+    history: ProbeHistory = field(default_factory=ProbeHistory, repr=False)  # for the console, not the metrics
     generation: int = field(default=0, repr=False)
     rendered: tuple[int, tuple[str, ...]] | None = field(default=None, repr=False)  # (generation, text)
 
@@ -87,6 +89,7 @@ class TaskStats:
 
     def record(self, result: ProbeResult) -> None:
         self.last = result
+        self.history.add(result)
         self.probes += 1
         if result.success:
             self.last_success = result.finished
@@ -107,3 +110,5 @@ class TaskStats:
 class ReloadStatus:
     successful: bool = True
     last_success: float = field(default_factory=time.time)
+    error: str | None = None  # the last failed reload's one line (already without secrets), until one succeeds
+    failed_at: float | None = None

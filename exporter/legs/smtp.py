@@ -86,8 +86,7 @@ async def _open(client: HandshakeTimedSMTP, config: ServerConfig, clock: PhaseCl
             raise
         # aiosmtplib's connect() does handshake and banner in one call: split it where the handshake ended.
         if client.connected_at is not None:
-            clock.durations[Phase.SMTP_TLS] = client.connected_at - start
-            clock.durations[Phase.SMTP_GREETING] = time.monotonic() - client.connected_at
+            clock.split(Phase.SMTP_TLS, Phase.SMTP_GREETING, start, client.connected_at, time.monotonic())
         async with _phase(clock, Phase.SMTP_GREETING, "EHLO", accumulate=True):
             await client.ehlo()
         return

@@ -8,6 +8,16 @@ from dataclasses import dataclass, field
 from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Leg, Phase
+from exporter.transcript import Transcript
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """When a phase ran: ``start`` seconds after the probe began (monotonic), for ``seconds``."""
+
+    phase: Phase
+    start: float
+    seconds: float
 
 
 @dataclass
@@ -30,14 +40,19 @@ class ProbeResult:
     error: str | None = None  # human-readable, phase first; never contains a secret
     failed_phase: Phase | None = None  # the phase the failure happened in
     phases: dict[Phase, float] = field(default_factory=dict)  # seconds per phase
+    spans: list[Span] = field(default_factory=list)  # when each phase ran (the legs overlap)
     smtp: LegResult = field(default_factory=LegResult)
     mailbox: LegResult = field(default_factory=LegResult)
     delivery_seconds: float | None = None  # accepted -> seen, our clock
     server_delivery_seconds: float | None = None  # accepted -> the mailbox server's arrival time
     smtp_reply: str | None = None
     accepted_wall: float | None = None
+    accepted_offset: float | None = None  # seconds after the probe began that SMTP accepted the letter
     swept: int = 0  # leftover letters of earlier runs this probe deleted
     finished: float = 0.0
+    # What the probe said and heard (redacted); the console keeps it only for the last probe, the last
+    # failed one and a Probe now, so it is left out of the repr (log lines, tracebacks).
+    transcript: Transcript | None = field(default=None, repr=False)
 
     @property
     def sent(self) -> bool:

@@ -23,7 +23,7 @@ from exporter.probe.errors import ProbeError, Reason
 from exporter.probe.phases import Leg
 from exporter.probe.result import ProbeResult
 from exporter.probe.watch import Mailbox, tidy_up, wait_for_letter
-from exporter.transcript import recording
+from exporter.transcript import note_letter, recording
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ async def run_probe(
     result = ProbeResult(device=device, task=task.name, token=token.value, started=time.time())
     clock = PhaseClock(task.completion_timeout)
     mailbox = mailbox or Mailbox(task.incoming, signer)
+    secrets = (task.smtp.password, task.incoming.server.password)
     try:
-        with recording(device, task.name):
+        with recording(device, task.name, hide=secrets) as result.transcript:
             await _round_trip(device, task, token, clock, resolve, mailbox, result)
         result.success = True
     except ProbeError as exc:
@@ -49,6 +50,7 @@ async def run_probe(
         result.reason, result.error = Reason.PROTOCOL, f"unexpected error: {type(exc).__name__}"
     finally:
         result.phases = dict(clock.durations)
+        result.spans = clock.spans
         result.finished = time.time()
     return result
 
@@ -123,8 +125,10 @@ async def _send(
 ) -> smtp.Receipt:
     connected = await dial(clock, resolve, Leg.SMTP, result.smtp, task.smtp.host, task.smtp.port)
     letter = build_letter(token, task.sender, task.destination, device, task.name)
+    note_letter(letter)
     receipt = await smtp.send_letter(task.smtp, connected, clock, letter, task.sender, task.destination, before_data)
     result.smtp_reply = receipt.reply
     result.smtp.tls = receipt.tls
     result.accepted_wall = receipt.accepted_wall
+    result.accepted_offset = receipt.accepted_monotonic - clock.origin
     return receipt

@@ -1,4 +1,7 @@
-"""The HTTP endpoint on the event loop (aiohttp): /metrics, health, readiness, reload, /config and the status page."""
+"""The HTTP routing table (aiohttp): /metrics, health, readiness, reload, /config, the console and /probe.
+
+Every route lives under ``--web.route-prefix``; links in the console's pages use ``--web.external-url``'s
+path (web.paths). The web config's basic auth and headers apply to every path (web.guard)."""
 
 from __future__ import annotations
 
@@ -7,34 +10,52 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter.config.dump import dump_config
 from exporter.service import Exporter
+from exporter.web.console import handlers as console
 from exporter.web.guard import WebGuard
+from exporter.web.paths import Prefix
 from exporter.web.scrape import ScrapeGate
-from exporter.web.status import status_page
 
 DEFAULT_TELEMETRY_PATH = "/metrics"
-OTHER_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload", "/config")
+# The fixed paths a --web.telemetry-path may not take (the console's own are under /task/ and /static/).
+OTHER_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload", "/config", "/probe")
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
 GATE_KEY = web.AppKey("scrape gate", ScrapeGate)
-TELEMETRY_PATH_KEY = web.AppKey("telemetry path", str)
 
 
 def make_app(
-    exporter: Exporter, guard: WebGuard | None = None, telemetry_path: str = DEFAULT_TELEMETRY_PATH
+    exporter: Exporter,
+    guard: WebGuard | None = None,
+    telemetry_path: str = DEFAULT_TELEMETRY_PATH,
+    prefix: Prefix | None = None,
 ) -> web.Application:
+    prefix = prefix or Prefix()
     app = web.Application()
     app[EXPORTER_KEY] = exporter
     app[GATE_KEY] = ScrapeGate(exporter)
-    app[TELEMETRY_PATH_KEY] = telemetry_path
+    app[console.CONSOLE_KEY] = console.Console(exporter, prefix, telemetry_path)
     if guard is not None:
         guard.install(app)  # basic auth and extra headers from --web.config.file, as in force at each request
-    app.router.add_get(telemetry_path, metrics)
-    app.router.add_get("/-/healthy", healthy)
-    app.router.add_get("/-/ready", ready)
-    app.router.add_post("/-/reload", reload)
-    app.router.add_get("/config", config)
-    app.router.add_get("/", status)
+    at = prefix.at
+    app.router.add_get(at(telemetry_path), metrics)
+    app.router.add_get(at("/-/healthy"), healthy)
+    app.router.add_get(at("/-/ready"), ready)
+    app.router.add_post(at("/-/reload"), reload)
+    app.router.add_get(at("/config"), config)
+    app.router.add_get(at("/"), console.overview)
+    if prefix.route:
+        app.router.add_get(prefix.route, _to_prefix_root)
+    app.router.add_get(at("/task/{device}/{task}"), console.task_page)
+    app.router.add_post(at("/task/{device}/{task}/probe"), console.probe_now)
+    app.router.add_route("*", at("/probe"), console.probe)  # GET as blackbox_exporter; POST as it sends mail
+    app.router.add_get(at("/static/console.css"), console.stylesheet)
+    app.router.add_get(at("/static/console.js"), console.script)
+    app.router.add_get(at("/static/favicon.svg"), console.favicon)
     return app
+
+
+async def _to_prefix_root(request: web.Request) -> web.Response:
+    raise web.HTTPFound(request.app[console.CONSOLE_KEY].prefix.link("/"))
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -65,13 +86,8 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def config(request: web.Request) -> web.Response:
-    """The running config, every secret replaced by <secret> (as blackbox_exporter's /config)."""
+    """The running config, every secret replaced by <secret> (as blackbox_exporter's /config); the only
+    page that names the config file."""
     exporter = request.app[EXPORTER_KEY]
     text = f"# {exporter.config_path}\n{dump_config(exporter.config)}"
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
-
-
-async def status(request: web.Request) -> web.Response:
-    return web.Response(
-        text=status_page(request.app[EXPORTER_KEY], request.app[TELEMETRY_PATH_KEY]), content_type="text/html"
-    )

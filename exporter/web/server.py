@@ -12,6 +12,7 @@ from exporter.config.fields import join_host_port
 from exporter.service import Exporter
 from exporter.web.app import DEFAULT_TELEMETRY_PATH, make_app
 from exporter.web.guard import WebGuard
+from exporter.web.paths import Prefix
 
 log = logging.getLogger(__name__)
 # aiohttp keeps an idle connection for an hour by default: a crowd of silent clients would then hold
@@ -26,10 +27,11 @@ async def serve(
     addresses: Sequence[tuple[str | None, int]],
     guard: WebGuard,
     telemetry_path: str = DEFAULT_TELEMETRY_PATH,
+    prefix: Prefix | None = None,
 ) -> int:
     """Listen on every address (all or none), start the probes, serve until told to stop."""
     runner = web.AppRunner(
-        make_app(exporter, guard, telemetry_path), access_log=None, keepalive_timeout=KEEPALIVE_SECONDS
+        make_app(exporter, guard, telemetry_path, prefix), access_log=None, keepalive_timeout=KEEPALIVE_SECONDS
     )
     await runner.setup()
     ssl_context = guard.listener_context()

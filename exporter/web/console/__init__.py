@@ -1,0 +1,1 @@
+"""The operator console: overview, task pages, Probe now (see README, Operator console)."""
