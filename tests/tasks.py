@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from exporter.config.load import parse_config
 from exporter.config.model import Config, TaskConfig
@@ -94,6 +97,19 @@ def unreachable_task(port: int, name: str = "t") -> dict[str, Any]:
 def exporter_command(config: Path, key: Path, *flags: str) -> list[str]:
     """The exporter as a process, as the tests start it."""
     return [sys.executable, "-m", "exporter", "--config.file", str(config), "--signing.key-file", str(key), *flags]
+
+
+def once_at_debug(tasks: list[dict[str, Any]], directory: Path) -> subprocess.CompletedProcess[str]:
+    """The exporter as a process running ``tasks`` (device "rig") once, logging every protocol line."""
+    config = directory / "config.yml"
+    config.write_text(yaml.safe_dump({"devices": [{"name": "rig", "tasks": tasks}]}))
+    return subprocess.run(
+        exporter_command(config, directory / "key", "--once", "--log.level", "debug"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def config_of(*tasks: dict[str, Any], device: str = "rig", **device_extra: Any) -> Config:

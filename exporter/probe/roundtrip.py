@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from exporter.auth.credentials import obtain
 from exporter.config.model import TaskConfig
 from exporter.legs import smtp
 from exporter.legs.mailbox import MailboxSession
@@ -121,9 +122,12 @@ async def _send(
     result: ProbeResult,
     before_data: Callable[[], Awaitable[None]],
 ) -> smtp.Receipt:
+    credentials = await obtain(task.smtp, clock, Leg.SMTP)
     connected = await dial(clock, resolve, Leg.SMTP, result.smtp, task.smtp.host, task.smtp.port)
     letter = build_letter(token, task.sender, task.destination, device, task.name)
-    receipt = await smtp.send_letter(task.smtp, connected, clock, letter, task.sender, task.destination, before_data)
+    receipt = await smtp.send_letter(
+        task.smtp, connected, clock, letter, task.sender, task.destination, before_data, credentials
+    )
     result.smtp_reply = receipt.reply
     result.smtp.tls = receipt.tls
     result.accepted_wall = receipt.accepted_wall
