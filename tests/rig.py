@@ -421,6 +421,7 @@ class MailRig:
         self.dir.chmod(0o755)  # Postfix/Dovecot users must traverse it
         self.ports = Ports(*free_ports(PORT_COUNT))
         self._passwords: dict[str, str] = {}
+        self._userdb_fields: dict[str, str] = {}
         self._initial_users = users
         self._mail_uid = pwd.getpwnam(MAIL_USER).pw_uid
         self._mail_gid = grp.getgrnam(MAIL_USER).gr_gid
@@ -562,12 +563,13 @@ class MailRig:
 
     # ---- users ---------------------------------------------------------------
 
-    def add_users(self, names: Iterable[str], password: str | None = None) -> list[str]:
+    def add_users(self, names: Iterable[str], password: str | None = None, userdb_fields: str = "") -> list[str]:
         """Create users (local parts or addresses); return their addresses.
 
-        The password defaults to "<local part>-secret".  Both servers are
-        reloaded; this returns once Dovecot knows the last new user and
-        Postfix accepts it as a recipient.
+        The password defaults to "<local part>-secret".  ``userdb_fields`` are Dovecot settings for
+        these users alone (``userdb_imap_capability=+X-GM-EXT-1``: their IMAP says it is Gmail).  Both servers
+        are reloaded; this returns once Dovecot knows the last new user and Postfix accepts it as a
+        recipient.
         """
         wanted = dict.fromkeys(self.address(name) for name in names)  # ordered, no duplicates
         added = [addr for addr in wanted if addr not in self._passwords]
@@ -577,6 +579,7 @@ class MailRig:
             return []
         for addr in added:
             self._passwords[addr] = password or f"{addr.split('@')[0]}-secret"
+            self._userdb_fields[addr] = userdb_fields
             self._make_maildir(addr)
         with self._passwd_file.open("a") as fh:
             fh.writelines(self._passwd_line(addr) for addr in added)
@@ -613,7 +616,8 @@ class MailRig:
 
     def _passwd_line(self, addr: str) -> str:
         home = self.dir / "mail" / addr
-        return f"{addr}:{{PLAIN}}{self._passwords[addr]}:{self._mail_uid}:{self._mail_gid}::{home}::\n"
+        fields = self._userdb_fields.get(addr, "")
+        return f"{addr}:{{PLAIN}}{self._passwords[addr]}:{self._mail_uid}:{self._mail_gid}::{home}::{fields}\n"
 
     def _dovecot_knows(self, addr: str) -> bool:
         args = [DOVEADM, "-c", str(self._dovecot_conf), "user", addr]
@@ -1103,6 +1107,13 @@ mail_fsync = never
 mail_max_userip_connections = 1000
 pop3_uidl_format = %08Xu%08Xv
 postmaster_address = postmaster@{DOMAIN}
+# A folder Trash (made by whoever needs it) has the \\Trash special use (RFC 6154), as Gmail's has.
+namespace inbox {{
+  inbox = yes
+  mailbox Trash {{
+    special_use = \\Trash
+  }}
+}}
 # Even with auth_failure_delay = 0, Dovecot 2.3 answers a failed login only
 # at its next 0.5 s timer tick, unless the request carries "nodelay".  Fields
 # of a failing passdb are discarded, so this non-authenticating passdb sets it.

@@ -16,7 +16,16 @@ import pytest
 
 from exporter.auth.credentials import Credentials
 from exporter.clients.imap4 import Imap4Client
-from exporter.config.model import IncomingConfig, Mechanism, Protocol, Secret, Security, ServerConfig, TLSOptions
+from exporter.config.model import (
+    Cleanup,
+    IncomingConfig,
+    Mechanism,
+    Protocol,
+    Secret,
+    Security,
+    ServerConfig,
+    TLSOptions,
+)
 from exporter.legs import imap
 from exporter.legs.memo import LetterMemo
 from exporter.letter.compose import build_letter
@@ -25,13 +34,14 @@ from exporter.probe.clock import PhaseClock
 from exporter.probe.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
 from tests.hostile import HostileServer, serve
 from tests.imapfake import TAG, FakeImap
+from tests.imaptrash import FakeImapWithTrash
 
 SIGNER = Signer(b"imap-session-tests")
 PASSWORD = "fake-Pa55word"
 DEADLINE = 20.0  # bounds every session step: a hang fails the test instead of stalling the suite
 
 
-def config(port: int, security: Security = Security.NONE) -> IncomingConfig:
+def config(port: int, security: Security = Security.NONE, cleanup: Cleanup | None = None) -> IncomingConfig:
     return IncomingConfig(
         server=ServerConfig(
             host="127.0.0.1",
@@ -42,6 +52,7 @@ def config(port: int, security: Security = Security.NONE) -> IncomingConfig:
             password=Secret(PASSWORD),
         ),
         protocol=Protocol.IMAP,
+        cleanup=cleanup,
     )
 
 
@@ -283,3 +294,38 @@ async def test_a_mechanism_not_offered_is_not_tried(running: Running) -> None:
     with pytest.raises(AuthFailure, match="server does not offer AUTHENTICATE XOAUTH2"):
         await running.open(login=XOAUTH2)
     assert not any(command.startswith(("AUTHENTICATE", "LOGIN")) for command in running.fake.commands)
+
+
+# --- cleanup: trash, where Dovecot cannot show the fallbacks (tests/test_trash.py: the real thing) ----
+
+
+@pytest.mark.parametrize("capabilities", [("UIDPLUS",), (), ("MOVE",)], ids=["copy-uidplus", "copy", "move"])
+async def test_trash_fallbacks(capabilities: tuple[str, ...]) -> None:
+    """Without MOVE: COPY, then \\Deleted and UID EXPUNGE of exactly that UID, then the copy expunged in
+    the Trash by the UID COPYUID gave it. Without UIDPLUS no EXPUNGE at all (a plain one could take
+    others' letters) and, without COPYUID, the copy stays in the Trash."""
+    fake = FakeImapWithTrash(password=PASSWORD, capabilities=("IMAP4rev1", *capabilities))
+    token, raw = probe_letter()
+    fake.add(FOREIGN)
+    fake.inbox[0].flags.add("\\Deleted")  # someone else's, marked for deletion by them
+    mine = fake.add(raw)
+    async with serve(fake) as server:
+        clock = PhaseClock(DEADLINE)
+        incoming = config(server.port, cleanup=Cleanup.TRASH)
+        session = await imap.open_session(incoming, await server.connect(clock), clock, SIGNER, LetterMemo())
+        await session.delete(await session.find([token.value]))
+        await session.close()
+    sent = fake.commands[fake.commands.index('LIST "" "*"') + 1 : -1]  # up to LOGOUT
+    copy, deleted = mine + 1, "+FLAGS.SILENT (\\Deleted)"
+    copied = [f'UID COPY {mine} "Trash"', f"UID STORE {mine} {deleted}"]
+    in_trash = ['SELECT "Trash"', f"UID STORE {copy} {deleted}", f"UID EXPUNGE {copy}", 'SELECT "INBOX"']
+    expected = {
+        "copy-uidplus": [*copied, f"UID EXPUNGE {mine}", *in_trash],
+        "copy": copied,
+        "move": [f'UID MOVE {mine} "Trash"'],
+    }
+    kind = "move" if "MOVE" in capabilities else "copy-uidplus" if capabilities else "copy"
+    assert sent == expected[kind]
+    assert fake.inbox[0].raw == FOREIGN and "\\Deleted" in fake.inbox[0].flags  # never expunged
+    assert [letter.uid for letter in fake.inbox] == ([1, mine] if kind == "copy" else [1])
+    assert [letter.uid for letter in fake.trash] == ([] if kind == "copy-uidplus" else [copy])

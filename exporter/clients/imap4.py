@@ -59,6 +59,12 @@ class Reply:
         """The server's status text, sanitised."""
         return server_text(self.lines[-1] if self.lines else b"") or "no reason given"
 
+    def require(self, command: str) -> Reply:
+        """This reply if OK; else the mailbox failure naming the command, in the server's words."""
+        if not self.ok:
+            raise MailboxFailure(f"{command} failed: {self.text()}")
+        return self
+
 
 def reply_of(ok: bool, items: Sequence[bytes | bytearray]) -> Reply:
     """aioimaplib's response lines (bytes) and literals (bytearray) as a Reply."""
@@ -290,6 +296,20 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
 
     async def uid_expunge(self, uid_set: str) -> Reply:
         return await self._reply("UID EXPUNGE", self.protocol.expunge(uid_set, by_uid=True))
+
+    async def uid_move(self, uid_set: str, mailbox: str) -> Reply:
+        """RFC 6851 MOVE (the caller checks the capability)."""
+        return await self._reply("UID MOVE", self.protocol.move(uid_set, quoted(mailbox), by_uid=True))
+
+    async def uid_copy(self, uid_set: str, mailbox: str) -> Reply:
+        return await self._reply("UID COPY", self.protocol.copy(uid_set, quoted(mailbox), by_uid=True))
+
+    async def list_special_use(self) -> Reply:
+        """The mailboxes with their attributes, RFC 6154's special uses among them: only those with a
+        special use where the server has LIST-EXTENDED (RFC 5258), else every mailbox (a server may
+        name special uses in a plain LIST too)."""
+        selection = ["(SPECIAL-USE)"] if {"SPECIAL-USE", "LIST-EXTENDED"} <= self.capabilities else []
+        return await self._reply("LIST", self.protocol.simple_command("LIST", *selection, quoted(""), quoted("*")))
 
     async def idle_for(self, seconds: float) -> None:
         """IDLE until the server pushes news or ``seconds`` pass, then DONE."""

@@ -14,9 +14,10 @@ from email.utils import parsedate_to_datetime
 from exporter.auth import sasl
 from exporter.auth.credentials import Credentials, login_of
 from exporter.clients.imap4 import Imap4Client, Reply, quoted
-from exporter.config.model import IncomingConfig, Security
+from exporter.config.model import Cleanup, IncomingConfig, Security
 from exporter.legs.mailbox import EXAMINE_BATCH, Access, FoundLetter, wanted
 from exporter.legs.memo import LetterMemo
+from exporter.legs.trash import cleanup_of, move_to_trash, trash_folder
 from exporter.letter.compose import HEADER
 from exporter.letter.recognise import BOUNCE_BYTES, RECOGNISED_FIELDS, Recognised, is_delivery_report, recognise
 from exporter.letter.token import TOKEN_PREFIX, Signer
@@ -59,6 +60,7 @@ class ImapSession:
         self._memo = memo
         self.address = address
         self.tls: TLSFacts | None = None
+        self._trash_name: str | None = None
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
         # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
@@ -104,11 +106,24 @@ class ImapSession:
         uid_set = ",".join(letter.ref for letter in letters)
         self._memo.forget([letter.ref for letter in letters])
         client = self._client
+        if cleanup_of(self._config.cleanup, client.capabilities) is Cleanup.TRASH:
+            trash = await self._trash()
+            if trash != self._config.mailbox:  # a probe that reads the Trash itself deletes in place
+                await move_to_trash(client, uid_set, self._config.mailbox, trash)
+                return
         self._checked("UID STORE", await client.uid_store(uid_set, r"(\Deleted)"))
         # Without UIDPLUS a plain EXPUNGE would also remove letters someone else marked \Deleted:
         # we leave ours flagged rather than touch anything that is not provably ours.
         if "UIDPLUS" in client.capabilities:
             self._checked("UID EXPUNGE", await client.uid_expunge(uid_set))
+
+    async def _trash(self) -> str:
+        """The \\Trash folder's name, asked once per session."""
+        if self._trash_name is None:
+            self._trash_name = trash_folder(self._checked("LIST", await self._client.list_special_use()))
+            if self._trash_name is None:
+                raise MailboxFailure("no folder has the \\Trash special use (RFC 6154): the letter stays")
+        return self._trash_name
 
     async def resume(self) -> None:
         """Nothing to do: the next search's NOOP makes the server look for new mail."""
@@ -141,9 +156,7 @@ class ImapSession:
 
     @staticmethod
     def _checked(command: str, reply: Reply) -> Reply:
-        if not reply.ok:
-            raise MailboxFailure(f"{command} failed: {reply.text()}")
-        return reply
+        return reply.require(command)
 
 
 def fetch_responses(reply: Reply) -> Iterator[tuple[str, tuple[bytes, bytes]]]:
