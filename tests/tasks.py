@@ -123,9 +123,11 @@ def task_of(task: dict[str, Any]) -> TaskConfig:
 SIGNER = Signer(b"tests-signing-key-0123456789abcdef")
 
 
-async def probe_once(task: dict[str, Any], mailbox: Mailbox | None = None) -> ProbeResult:
-    """One round trip of a single-task config, as the scheduler would run it."""
-    config = config_of(task)
+async def probe_once(
+    task: dict[str, Any], mailbox: Mailbox | None = None, dns: dict[str, Any] | None = None
+) -> ProbeResult:
+    """One round trip of a single-task config (its device's ``dns`` given), as the scheduler would run it."""
+    config = config_of(task, dns=dns) if dns else config_of(task)
     device, task_config = config.tasks()[0]
     return await run_probe(device.name, task_config, SIGNER, DeviceRun(device).resolver(task_config), mailbox)
 

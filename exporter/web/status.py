@@ -6,6 +6,7 @@ import html
 
 from exporter import __version__
 from exporter.exposition.stats import TaskStats
+from exporter.probe.result import LegResult
 from exporter.sanitise import MESSAGE_LIMIT, server_text
 from exporter.service import Exporter
 from exporter.timefmt import utc_time
@@ -42,13 +43,18 @@ def _row(stats: TaskStats) -> str:
             f"{last.delivery_seconds:.3f}" if last.delivery_seconds is not None else "",
             _when(stats.last_success),
             str(stats.in_flight),
-            last.smtp.address or "",
+            _address(last.smtp),
             last.mailbox.address or "",
         ]
         css = "ok" if last.success else "bad"
     # Escaped for HTML, and sanitised like every output of server text (no bidi overrides, no controls).
     tds = "".join(f"<td>{html.escape(server_text(cell, MESSAGE_LIMIT))}</td>" for cell in cells)
     return f'<tr class="{css}">{tds}</tr>'
+
+
+def _address(leg: LegResult) -> str:
+    """The address a leg connected to, after the MX host that answered in MX mode."""
+    return f"{leg.mx_host} ({leg.address})" if leg.mx_host else leg.address or ""
 
 
 def _when(unix: float | None) -> str:
