@@ -251,7 +251,7 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
     async def login(self, user: str, password: str) -> Reply:
         # A rejected LOGIN does not raise in aioimaplib: the reply says so.
         reply = await self._reply("LOGIN", self.protocol.login(quoted(user), password))
-        self._learn_capabilities(reply)
+        await self._learn_capabilities(reply)
         return reply
 
     async def authenticate(self, mechanism: str, response: bytes, abort: bytes) -> tuple[Reply, bytes | None]:
@@ -266,17 +266,19 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
             reply = await self._reply("AUTHENTICATE", protocol.authenticated(command))
         finally:
             protocol.sasl = None
-        self._learn_capabilities(reply)
+        await self._learn_capabilities(reply)
         return reply, exchange.challenge
 
-    def _learn_capabilities(self, reply: Reply) -> None:
-        """Capabilities a login announces (RFC 3501 7.1: they may change once authenticated), from a
-        CAPABILITY line or response code: UIDPLUS and MOVE are often offered only after login."""
-        for line in reply.lines:
-            match = _CAPABILITY.search(line)
-            if match is not None:
-                words = match.group(1).decode("ascii", "replace").split()
-                self.protocol.capabilities = set(self.protocol.capabilities) | set(words)
+    async def _learn_capabilities(self, reply: Reply) -> None:
+        """The capabilities once logged in (they may change, RFC 3501 6.2.2: UIDPLUS, MOVE and X-GM-EXT-1
+        are often offered only then), from the login's CAPABILITY line or response code, else asked."""
+        if not reply.ok:
+            return
+        announced = [match.group(1) for line in reply.lines if (match := _CAPABILITY.search(line))]
+        if not announced:
+            await self.run("CAPABILITY", self.protocol.capability())
+        for words in announced:
+            self.protocol.capabilities = set(self.protocol.capabilities) | set(words.decode("ascii", "replace").split())
 
     async def select(self, mailbox: str) -> Reply:
         return await self._reply("SELECT", self.protocol.select(quoted(mailbox)))
