@@ -28,6 +28,7 @@ def _render_one(r: ProbeResult) -> str:
         lines.append(f"   {'delivery':<18}{r.delivery_seconds:>10.4f}{server}")
     facts: list[tuple[str, str | None]] = [("smtp reply", r.smtp_reply)]
     for leg, leg_result in r.legs().items():
+        facts.append((f"{leg} mx host", leg_result.mx_host))
         facts.append((f"{leg} address", leg_result.address))
         tls = leg_result.tls
         if tls is not None:

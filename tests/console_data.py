@@ -78,8 +78,8 @@ def result(device: str, task_name: str, success: bool, finished: float, error: s
     made = ProbeResult(device=device, task=task_name, token="mrt-1700000000-abc-def", started=finished - 0.2)
     made.success, made.finished, made.spans = success, finished, spans
     made.phases = {span.phase: span.seconds for span in spans}
-    made.smtp = LegResult("192.0.2.1", False, TLS)
-    made.mailbox = LegResult("192.0.2.2", True, TLS)
+    made.smtp = LegResult("192.0.2.1", dns_cached=False, tls=TLS)
+    made.mailbox = LegResult("192.0.2.2", dns_cached=True, tls=TLS)
     if success:
         made.smtp_reply, made.accepted_offset, made.delivery_seconds = "250 2.0.0 Ok: queued as 4Xy1Z2", 0.065, 0.129
     else:

@@ -8,6 +8,7 @@ to line up concurrent askers).
 
     server = await DNSServer().start()
     server.add("mail.test", "A", "127.0.0.1", ttl=60)
+    server.add("example.test", "MX", "10 mail.test.")  # MX values as in a zone file; "0 ." is a null MX
     ... resolve against server.address ...
     assert server.count("mail.test", "A") == 1
     server.close()

@@ -1,7 +1,8 @@
 """A scripted IMAP4rev1 server in-process, for unit tests of the IMAP session logic without the rig.
 
-It speaks enough of RFC 3501 for what a probe does (CAPABILITY, STARTTLS, LOGIN, SELECT, NOOP,
-UID SEARCH, UID FETCH, UID STORE, UID EXPUNGE, EXPUNGE, IDLE, LOGOUT) over ``tests.hostile.serve``,
+It speaks enough of RFC 3501 for what a probe does (CAPABILITY, STARTTLS, LOGIN, AUTHENTICATE with
+a bearer token, SELECT, NOOP, UID SEARCH, UID FETCH, UID STORE, UID EXPUNGE, EXPUNGE, IDLE, LOGOUT)
+over ``tests.hostile.serve``,
 and can be scripted to misbehave: another greeting, a reply replaced or a hang-up instead of it,
 untagged lines pushed before a reply (EXISTS during SEARCH), lines pushed while the client idles.
 Responses have the shape Dovecot gives them (FETCH literals included), so the client's parsing is
@@ -13,6 +14,7 @@ A test does not wait on time: ``FakeImap.idling`` is an event set when a client 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.policy
 import re
@@ -61,6 +63,10 @@ class FakeImap:
     tls_context: ssl.SSLContext | None = None  # offered by STARTTLS when set
     letters: list[FakeLetter] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)  # every command line, LOGIN's password masked
+    token: str | None = None  # the access token AUTHENTICATE accepts (in any mechanism's message)
+    authenticated_capabilities: tuple[str, ...] = ()  # announced in AUTHENTICATE's OK, as Dovecot does
+    sasl_answers: list[bytes] = field(default_factory=list)  # every line the client sent after a "+"
+    challenge_again: bool = False  # answer every SASL response with another challenge (never end)
     idling: asyncio.Event = field(default_factory=asyncio.Event)
     _uid_next: int = 1
     _idlers: list[Peer] = field(default_factory=list)
@@ -121,6 +127,8 @@ class FakeImap:
         if name == "LOGOUT":
             await peer.send(b"* BYE logging out\r\n" + tag + b" OK LOGOUT completed\r\n")
             return False
+        if name == "AUTHENTICATE":
+            return await self._authenticate(peer, tag, command)
         if name == "IDLE":
             await self._idle(peer, tag)
         elif name == "STARTTLS" and self.tls_context is not None:
@@ -193,6 +201,35 @@ class FakeImap:
                 del self.letters[number - 1]
                 out += b"* %d EXPUNGE\r\n" % number
         return bytes(out)
+
+    async def _authenticate(self, peer: Peer, tag: bytes, command: Command) -> bool:
+        """A bearer token exchange: the message inline (SASL-IR) or after "+", an error challenge
+        (XOAUTH2's shape) to a wrong token, then NO; False if the client hung up meanwhile."""
+        message = _atom(command.args[1]).encode() if len(command.args) > 1 else await self._sasl_answer(peer, b"")
+        if message is None:
+            return False
+        if self.token is not None and f"auth=Bearer {self.token}\x01".encode() in base64.b64decode(message):
+            offered = " ".join(self.authenticated_capabilities)
+            await peer.send(tag + b" OK [CAPABILITY " + offered.encode() + b"] Logged in\r\n")
+            return True
+        challenge = base64.b64encode(b'{"status":"401","schemes":"bearer","scope":"mail"}')
+        while (answer := await self._sasl_answer(peer, challenge)) is not None:
+            if self.challenge_again:
+                continue  # not even "*" (cancel) ends it
+            ending = b"BAD Authentication aborted by client." if answer == b"*" else b"NO Authentication failed."
+            await peer.send(tag + b" " + ending + b"\r\n")
+            return True
+        return False
+
+    async def _sasl_answer(self, peer: Peer, challenge: bytes) -> bytes | None:
+        """Send a continuation request; the client's answer, None if it hung up instead."""
+        await peer.send(b"+ " + challenge + b"\r\n")
+        before = len(peer.lines)
+        answer = await peer.line()
+        if len(peer.lines) == before:  # line() says b"" for an empty line and for a hang-up alike
+            return None
+        self.sasl_answers.append(answer)
+        return answer
 
     async def _idle(self, peer: Peer, tag: bytes) -> None:
         await peer.send(b"+ idling\r\n")

@@ -43,6 +43,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from tests.oauthserver import OAuthControl
+
 DOMAIN = "example.test"
 HOSTNAME = "mail.test"
 HOSTS = ("127.0.0.1", "::1")
@@ -55,6 +57,7 @@ DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = "/usr/bin/doveadm"
 OPENSSL = "openssl"
 START_TIMEOUT = 20.0
+PORT_COUNT = 9  # the fields of Ports
 STOP_TIMEOUT = 15.0
 # Postfix sleeps ~2 s when a config or map file is younger than 2 s.
 BACKDATE_SECONDS = 10
@@ -83,6 +86,7 @@ class Ports:
     pop3: int
     pop3s: int
     lmtp: int
+    oauth: int  # the token and introspection server (tests/oauthserver.py), HTTPS
 
 
 # --------------------------------------------------------------------------
@@ -415,8 +419,9 @@ class MailRig:
     def __init__(self, users: int = 5) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mailrig-", dir="/tmp"))
         self.dir.chmod(0o755)  # Postfix/Dovecot users must traverse it
-        self.ports = Ports(*free_ports(8))
+        self.ports = Ports(*free_ports(PORT_COUNT))
         self._passwords: dict[str, str] = {}
+        self._userdb_fields: dict[str, str] = {}
         self._initial_users = users
         self._mail_uid = pwd.getpwnam(MAIL_USER).pw_uid
         self._mail_gid = grp.getgrnam(MAIL_USER).gr_gid
@@ -425,10 +430,12 @@ class MailRig:
         self._spool = self.dir / "postfix" / "spool"
         self._dovecot_conf = self.dir / "dovecot" / "dovecot.conf"
         self._passwd_file = self.dir / "dovecot" / "users"
+        self._oauth2_conf = self.dir / "dovecot" / "oauth2.conf.ext"
         self._vmailbox = self._postfix_conf / "vmailbox"
         self._run_dir = self.dir / "run"  # Dovecot base_dir (short: socket paths)
         self._log_dir = self.dir / "log"
         self._dovecot: subprocess.Popen[bytes] | None = None
+        self._oauth: subprocess.Popen[bytes] | None = None
         self._postfix_running = False
         self._defer_transports = ""
         self._started = False
@@ -492,23 +499,25 @@ class MailRig:
         return self
 
     def _start_servers(self, attempts: int = 3) -> None:
-        """Start Dovecot and Postfix, moving to new ports if one was taken meanwhile.
+        """Start the token server, Dovecot and Postfix, moving to new ports if one was taken meanwhile.
 
         Free ports are only known free when picked; a parallel test run may
         grab one before our servers bind it.
         """
         for attempt in range(1, attempts + 1):
             try:
+                self.start_oauth()
                 self.start_imap_pop3()
                 self.start_smtp()
                 return
             except RigError as exc:
-                if attempt == attempts or "Address already in use" not in str(exc):
+                if attempt == attempts or "address already in use" not in str(exc).lower():
                     raise
                 # Not stop_*(): they would wait for the foreign port to close.
                 self._kill_postfix()
                 self._kill_dovecot()
-                self.ports = Ports(*free_ports(8))
+                self._kill_oauth()
+                self.ports = Ports(*free_ports(PORT_COUNT))
                 self._write_server_configs()
 
     def stop(self) -> None:
@@ -518,7 +527,7 @@ class MailRig:
         self._removed = True
         atexit.unregister(self.stop)
         errors: list[str] = []
-        for stopper in (self.stop_smtp, self.stop_imap_pop3):
+        for stopper in (self.stop_smtp, self.stop_imap_pop3, self.stop_oauth):
             try:
                 stopper()
             except RigError as exc:
@@ -547,19 +556,20 @@ class MailRig:
     def logs(self, lines: int = 60) -> str:
         """Tail of the Postfix and Dovecot logs (for assertion messages)."""
         parts = []
-        for name in ("postfix.log", "dovecot.log", "dovecot.stderr"):
+        for name in ("postfix.log", "dovecot.log", "dovecot.stderr", "oauth.log"):
             parts.append(f"----- {name} (last {lines} lines) -----")
             parts.append(_tail(self._log_dir / name, lines))
         return "\n".join(parts)
 
     # ---- users ---------------------------------------------------------------
 
-    def add_users(self, names: Iterable[str], password: str | None = None) -> list[str]:
+    def add_users(self, names: Iterable[str], password: str | None = None, userdb_fields: str = "") -> list[str]:
         """Create users (local parts or addresses); return their addresses.
 
-        The password defaults to "<local part>-secret".  Both servers are
-        reloaded; this returns once Dovecot knows the last new user and
-        Postfix accepts it as a recipient.
+        The password defaults to "<local part>-secret".  ``userdb_fields`` are Dovecot settings for
+        these users alone (``userdb_imap_capability=+X-GM-EXT-1``: their IMAP says it is Gmail).  Both servers
+        are reloaded; this returns once Dovecot knows the last new user and Postfix accepts it as a
+        recipient.
         """
         wanted = dict.fromkeys(self.address(name) for name in names)  # ordered, no duplicates
         added = [addr for addr in wanted if addr not in self._passwords]
@@ -569,6 +579,7 @@ class MailRig:
             return []
         for addr in added:
             self._passwords[addr] = password or f"{addr.split('@')[0]}-secret"
+            self._userdb_fields[addr] = userdb_fields
             self._make_maildir(addr)
         with self._passwd_file.open("a") as fh:
             fh.writelines(self._passwd_line(addr) for addr in added)
@@ -605,7 +616,8 @@ class MailRig:
 
     def _passwd_line(self, addr: str) -> str:
         home = self.dir / "mail" / addr
-        return f"{addr}:{{PLAIN}}{self._passwords[addr]}:{self._mail_uid}:{self._mail_gid}::{home}::\n"
+        fields = self._userdb_fields.get(addr, "")
+        return f"{addr}:{{PLAIN}}{self._passwords[addr]}:{self._mail_uid}:{self._mail_gid}::{home}::{fields}\n"
 
     def _dovecot_knows(self, addr: str) -> bool:
         args = [DOVEADM, "-c", str(self._dovecot_conf), "user", addr]
@@ -811,6 +823,52 @@ class MailRig:
             "old Postfix qmgr to exit after reload",
         )
 
+    # ---- the OAuth2 token server ----------------------------------------------
+
+    @property
+    def oauth(self) -> OAuthControl:
+        """The token and introspection server Dovecot checks XOAUTH2/OAUTHBEARER logins against."""
+        return OAuthControl(self.ports.oauth, str(self.ca_file))
+
+    def start_oauth(self) -> None:
+        """Start tests/oauthserver.py (HTTPS on both loopback addresses); return when it listens."""
+        if self._oauth is not None:
+            return
+        command = [sys.executable, "-m", "tests.oauthserver", "--port", str(self.ports.oauth)]
+        command += ["--cert", str(self._tls.certs["good"]), "--key", str(self._tls.key_file)]
+        with (self._log_dir / "oauth.log").open("ab") as log:
+            self._oauth = subprocess.Popen(
+                command,
+                cwd=Path(__file__).resolve().parent.parent,  # where the tests package is
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self.wait_for(self._oauth_ready, START_TIMEOUT, "the OAuth2 token server to start")
+
+    def _oauth_ready(self) -> bool:
+        assert self._oauth is not None
+        if self._oauth.poll() is not None:
+            raise RigError(f"the OAuth2 token server exited with {self._oauth.returncode}\n{self.logs()}")
+        return all(port_open(host, self.ports.oauth) for host in HOSTS)
+
+    def stop_oauth(self) -> None:
+        if self._oauth is not None:
+            self._kill_oauth()
+            self._wait_ports([self.ports.oauth], False, "the OAuth2 token server's port to close")
+
+    def _kill_oauth(self) -> None:
+        proc, self._oauth = self._oauth, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     # ---- Dovecot process control ---------------------------------------------
 
     def start_imap_pop3(self) -> None:
@@ -903,6 +961,7 @@ class MailRig:
         self._write_postfix_main_cf()
         self._write_postfix_master_cf()
         self._dovecot_conf.write_text(self._dovecot_conf_text())
+        self._oauth2_conf.write_text(self._oauth2_conf_text())
 
     def _postfix_main(self) -> dict[str, str]:
         r = self.dir
@@ -1037,7 +1096,7 @@ ssl = yes
 ssl_cert = <{self._tls.current_cert}
 ssl_key = <{self._tls.key_file}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 auth_failure_delay = 0
 auth_default_realm = {DOMAIN}
 auth_verbose = yes
@@ -1048,6 +1107,13 @@ mail_fsync = never
 mail_max_userip_connections = 1000
 pop3_uidl_format = %08Xu%08Xv
 postmaster_address = postmaster@{DOMAIN}
+# A folder Trash (made by whoever needs it) has the \\Trash special use (RFC 6154), as Gmail's has.
+namespace inbox {{
+  inbox = yes
+  mailbox Trash {{
+    special_use = \\Trash
+  }}
+}}
 # Even with auth_failure_delay = 0, Dovecot 2.3 answers a failed login only
 # at its next 0.5 s timer tick, unless the request carries "nodelay".  Fields
 # of a failing passdb are discarded, so this non-authenticating passdb sets it.
@@ -1056,8 +1122,16 @@ passdb {{
   args = nopassword=y noauthenticate=y nodelay=y
   result_success = continue
 }}
+# XOAUTH2 and OAUTHBEARER logins (IMAP, POP3, and SMTP through Postfix's SASL) are checked by
+# introspection at tests/oauthserver.py; passwords only by the passwd-file.
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self._oauth2_conf}
+}}
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN {self._passwd_file}
 }}
 userdb {{
@@ -1110,6 +1184,17 @@ service stats {{
     mode = 0666
   }}
 }}
+"""
+
+    def _oauth2_conf_text(self) -> str:
+        return f"""\
+introspection_mode = post
+introspection_url = https://127.0.0.1:{self.ports.oauth}/introspect
+username_attribute = email
+active_attribute = active
+active_value = true
+tls_ca_cert_file = {self.ca_file}
+timeout_msecs = 20000
 """
 
     def describe(self) -> dict[str, object]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from exporter.config.load import parse_config
 from exporter.config.model import Config, TaskConfig
@@ -96,6 +99,19 @@ def exporter_command(config: Path, key: Path, *flags: str) -> list[str]:
     return [sys.executable, "-m", "exporter", "--config.file", str(config), "--signing.key-file", str(key), *flags]
 
 
+def once_at_debug(tasks: list[dict[str, Any]], directory: Path) -> subprocess.CompletedProcess[str]:
+    """The exporter as a process running ``tasks`` (device "rig") once, logging every protocol line."""
+    config = directory / "config.yml"
+    config.write_text(yaml.safe_dump({"devices": [{"name": "rig", "tasks": tasks}]}))
+    return subprocess.run(
+        exporter_command(config, directory / "key", "--once", "--log.level", "debug"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def config_of(*tasks: dict[str, Any], device: str = "rig", **device_extra: Any) -> Config:
     return parse_config({"devices": [{"name": device, "tasks": list(tasks), **device_extra}]})
 
@@ -107,9 +123,11 @@ def task_of(task: dict[str, Any]) -> TaskConfig:
 SIGNER = Signer(b"tests-signing-key-0123456789abcdef")
 
 
-async def probe_once(task: dict[str, Any], mailbox: Mailbox | None = None) -> ProbeResult:
-    """One round trip of a single-task config, as the scheduler would run it."""
-    config = config_of(task)
+async def probe_once(
+    task: dict[str, Any], mailbox: Mailbox | None = None, dns: dict[str, Any] | None = None
+) -> ProbeResult:
+    """One round trip of a single-task config (its device's ``dns`` given), as the scheduler would run it."""
+    config = config_of(task, dns=dns) if dns else config_of(task)
     device, task_config = config.tasks()[0]
     return await run_probe(device.name, task_config, SIGNER, DeviceRun(device).resolver(task_config), mailbox)
 

@@ -187,10 +187,11 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
 def test_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copy(ROOT / "config.example.yml", tmp_path / "config.yml")
     (tmp_path / "imap-password.txt").write_text("secret\n")
-    monkeypatch.setenv("SMTP_PASSWORD", "x")
-    monkeypatch.setenv("POP3_PASSWORD", "y")
+    (tmp_path / "gmail-refresh-token.txt").write_text("1//refresh-token\n")
+    for variable in ("SMTP_PASSWORD", "POP3_PASSWORD", "M365_CLIENT_SECRET", "GMAIL_CLIENT_SECRET"):
+        monkeypatch.setenv(variable, "x")
     config = load_config(tmp_path / "config.yml")
-    assert [t.name for _, t in config.tasks()] == ["office365-imap", "pop3"]
+    assert [t.name for _, t in config.tasks()] == ["office365-imap", "pop3", "m365", "gmail", "mx-inbound"]
     assert yaml.safe_load((ROOT / "config.example.yml").read_text())["devices"]
 
 

@@ -25,7 +25,7 @@ from exporter.letter.token import Signer
 from exporter.service import Exporter
 from exporter.web.app import make_app
 from tests.rig import MailRig, free_ports, wait_for
-from tests.tasks import FreshUsers, exporter_command, task_dict, unreachable_task
+from tests.tasks import FreshUsers, exporter_command, once_at_debug, task_dict, unreachable_task
 
 TELEMETRY_PATH = "/probe-metrics"
 EXPORTER = [sys.executable, "-m", "exporter"]
@@ -186,15 +186,7 @@ def test_debug_log_shows_the_conversation_without_secrets(
         task_dict(rig, imap_user, smtp="submission-starttls-auth", mailbox="imaps", name="imap"),
         task_dict(rig, pop3_user, smtp="submissions-tls-auth", mailbox="pop3s", name="pop3"),
     ]
-    config = tmp_path / "config.yml"
-    config.write_text(yaml.safe_dump({"devices": [{"name": "rig", "tasks": tasks}]}))
-    run = subprocess.run(
-        exporter_command(config, tmp_path / "key", "--once", "--log.level", "debug"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = once_at_debug(tasks, tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     output = run.stdout + run.stderr
     conversation = [line for line in run.stderr.splitlines() if "msg=protocol" in line]

@@ -19,7 +19,7 @@ import pytest
 from exporter.config.load import parse_config
 from exporter.config.model import DeviceConfig, DNSMode
 from exporter.letter.token import Signer
-from exporter.net.resolve import DeviceRun, Resolution, ResolverCache
+from exporter.net.resolve import DeviceRun, Resolution, Resolve, ResolverCache
 from exporter.probe.clock import PhaseClock
 from exporter.probe.dial import dial
 from exporter.probe.errors import DNSFailure, Reason
@@ -96,7 +96,7 @@ def device_of(dns: dict[str, Any], *tasks: dict[str, Any]) -> DeviceConfig:
     return config.devices[0]
 
 
-def resolver_of(device: DeviceConfig, cache: ResolverCache | None = None, task: int = 0) -> Callable[..., Any]:
+def resolver_of(device: DeviceConfig, cache: ResolverCache | None = None, task: int = 0) -> Resolve:
     return DeviceRun(device, cache).resolver(device.tasks[task])
 
 

@@ -14,8 +14,18 @@ from datetime import UTC, datetime
 import aioimaplib
 import pytest
 
+from exporter.auth.credentials import Credentials
 from exporter.clients.imap4 import Imap4Client
-from exporter.config.model import IncomingConfig, Protocol, Secret, Security, ServerConfig, TLSOptions
+from exporter.config.model import (
+    Cleanup,
+    IncomingConfig,
+    Mechanism,
+    Protocol,
+    Secret,
+    Security,
+    ServerConfig,
+    TLSOptions,
+)
 from exporter.legs import imap
 from exporter.legs.memo import LetterMemo
 from exporter.letter.compose import build_letter
@@ -24,13 +34,14 @@ from exporter.probe.clock import PhaseClock
 from exporter.probe.errors import AuthFailure, MailboxFailure, ProtocolFailure, TLSFailure
 from tests.hostile import HostileServer, serve
 from tests.imapfake import TAG, FakeImap
+from tests.imaptrash import FakeImapWithTrash
 
 SIGNER = Signer(b"imap-session-tests")
 PASSWORD = "fake-Pa55word"
 DEADLINE = 20.0  # bounds every session step: a hang fails the test instead of stalling the suite
 
 
-def config(port: int, security: Security = Security.NONE) -> IncomingConfig:
+def config(port: int, security: Security = Security.NONE, cleanup: Cleanup | None = None) -> IncomingConfig:
     return IncomingConfig(
         server=ServerConfig(
             host="127.0.0.1",
@@ -41,6 +52,7 @@ def config(port: int, security: Security = Security.NONE) -> IncomingConfig:
             password=Secret(PASSWORD),
         ),
         protocol=Protocol.IMAP,
+        cleanup=cleanup,
     )
 
 
@@ -58,12 +70,11 @@ class Running:
     server: HostileServer
     memo: LetterMemo = field(default_factory=LetterMemo)  # shared by the sessions, as a task's Mailbox does
 
-    async def open(self, security: Security = Security.NONE) -> imap.ImapSession:
+    async def open(self, security: Security = Security.NONE, login: Credentials | None = None) -> imap.ImapSession:
         clock = PhaseClock(DEADLINE)
         connected = await self.server.connect(clock)
-        return await asyncio.wait_for(
-            imap.open_session(config(self.server.port, security), connected, clock, SIGNER, self.memo), DEADLINE
-        )
+        session = imap.open_session(config(self.server.port, security), connected, clock, SIGNER, self.memo, login)
+        return await asyncio.wait_for(session, DEADLINE)
 
 
 @pytest.fixture
@@ -229,3 +240,92 @@ def test_the_adapter_shadows_no_method_aioimaplib_calls_on_itself() -> None:
     called = set(re.findall(r"self\.(\w+)\(", inspect.getsource(aioimaplib.IMAP4)))
     ours = {name for name in vars(Imap4Client) if not name.startswith("__")}
     assert ours & called == {"create_client"}
+
+
+# --- AUTHENTICATE with a bearer token ----------------------------------------------------------------
+
+TOKEN = "fake-access-token-0123"
+XOAUTH2 = Credentials("probe@example.test", Secret(TOKEN), Mechanism.XOAUTH2)
+
+
+@pytest.mark.parametrize("sasl_ir", [True, False])
+async def test_authenticate_inline_or_after_the_plus(running: Running, sasl_ir: bool) -> None:
+    """SASL-IR (RFC 4959) puts the message on the command line; without it, it follows the "+".
+    The capabilities the OK announces count from then on (here UIDPLUS: the delete expunges)."""
+    fake = running.fake
+    fake.capabilities = ("IMAP4rev1", "AUTH=XOAUTH2", *(["SASL-IR"] if sasl_ir else []))
+    fake.token, fake.authenticated_capabilities = TOKEN, ("IMAP4rev1", "UIDPLUS")
+    token, raw = probe_letter()
+    fake.add(raw)
+    session = await running.open(login=XOAUTH2)
+    await session.delete(await session.find([token.value]))
+    await session.close()
+    (authenticate,) = [command for command in fake.commands if command.startswith("AUTHENTICATE")]
+    assert (authenticate == "AUTHENTICATE XOAUTH2") is not sasl_ir
+    assert len(fake.sasl_answers) == (0 if sasl_ir else 1)
+    assert fake.letters == [] and any(command.startswith("UID EXPUNGE") for command in fake.commands)
+
+
+@pytest.mark.parametrize(("mechanism", "abort"), [(Mechanism.XOAUTH2, b""), (Mechanism.OAUTHBEARER, b"AQ==")])
+async def test_a_refused_token_is_auth_with_the_decoded_challenge(
+    running: Running, mechanism: Mechanism, abort: bytes
+) -> None:
+    running.fake.capabilities = ("IMAP4rev1", "SASL-IR", "AUTH=XOAUTH2", "AUTH=OAUTHBEARER")
+    running.fake.token = "another-token"
+    refused: list[bool] = []
+    login = Credentials("probe@example.test", Secret(TOKEN), mechanism, lambda: refused.append(True))
+    with pytest.raises(AuthFailure) as raised:
+        await running.open(login=login)
+    assert "(status 401, schemes bearer, scope mail): Authentication failed." in str(raised.value)
+    assert running.fake.sasl_answers == [abort]  # RFC 7628 3.2.3: a dummy answer ends the exchange
+    assert refused == [True]  # a cached token is dropped
+
+
+async def test_a_server_that_challenges_for_ever_is_cut_off(running: Running) -> None:
+    running.fake.capabilities = ("IMAP4rev1", "SASL-IR", "AUTH=XOAUTH2")
+    running.fake.challenge_again = True
+    with pytest.raises(ProtocolFailure):
+        await running.open(login=XOAUTH2)
+    assert running.fake.sasl_answers == [b"", b"*", b"*"]  # the abort answer, then cancel
+
+
+async def test_a_mechanism_not_offered_is_not_tried(running: Running) -> None:
+    running.fake.capabilities = ("IMAP4rev1", "SASL-IR", "AUTH=PLAIN")
+    with pytest.raises(AuthFailure, match="server does not offer AUTHENTICATE XOAUTH2"):
+        await running.open(login=XOAUTH2)
+    assert not any(command.startswith(("AUTHENTICATE", "LOGIN")) for command in running.fake.commands)
+
+
+# --- cleanup: trash, where Dovecot cannot show the fallbacks (tests/test_trash.py: the real thing) ----
+
+
+@pytest.mark.parametrize("capabilities", [("UIDPLUS",), (), ("MOVE",)], ids=["copy-uidplus", "copy", "move"])
+async def test_trash_fallbacks(capabilities: tuple[str, ...]) -> None:
+    """Without MOVE: COPY, then \\Deleted and UID EXPUNGE of exactly that UID, then the copy expunged in
+    the Trash by the UID COPYUID gave it. Without UIDPLUS no EXPUNGE at all (a plain one could take
+    others' letters) and, without COPYUID, the copy stays in the Trash."""
+    fake = FakeImapWithTrash(password=PASSWORD, capabilities=("IMAP4rev1", *capabilities))
+    token, raw = probe_letter()
+    fake.add(FOREIGN)
+    fake.inbox[0].flags.add("\\Deleted")  # someone else's, marked for deletion by them
+    mine = fake.add(raw)
+    async with serve(fake) as server:
+        clock = PhaseClock(DEADLINE)
+        incoming = config(server.port, cleanup=Cleanup.TRASH)
+        session = await imap.open_session(incoming, await server.connect(clock), clock, SIGNER, LetterMemo())
+        await session.delete(await session.find([token.value]))
+        await session.close()
+    sent = fake.commands[fake.commands.index('LIST "" "*"') + 1 : -1]  # up to LOGOUT
+    copy, deleted = mine + 1, "+FLAGS.SILENT (\\Deleted)"
+    copied = [f'UID COPY {mine} "Trash"', f"UID STORE {mine} {deleted}"]
+    in_trash = ['SELECT "Trash"', f"UID STORE {copy} {deleted}", f"UID EXPUNGE {copy}", 'SELECT "INBOX"']
+    expected = {
+        "copy-uidplus": [*copied, f"UID EXPUNGE {mine}", *in_trash],
+        "copy": copied,
+        "move": [f'UID MOVE {mine} "Trash"'],
+    }
+    kind = "move" if "MOVE" in capabilities else "copy-uidplus" if capabilities else "copy"
+    assert sent == expected[kind]
+    assert fake.inbox[0].raw == FOREIGN and "\\Deleted" in fake.inbox[0].flags  # never expunged
+    assert [letter.uid for letter in fake.inbox] == ([1, mine] if kind == "copy" else [1])
+    assert [letter.uid for letter in fake.trash] == ([] if kind == "copy-uidplus" else [copy])

@@ -1,11 +1,13 @@
-"""Passwords never leak: not in logs (debug, logfmt and JSON), /metrics, the console's pages (overview,
-task pages with their transcripts, Probe now), /probe's JSON and debug text, reload answers, --once
-reports, config loader errors, nor the repr()/str() of config objects and probe results (and their
-transcripts).
+"""Passwords and OAuth2 secrets never leak: not in logs (debug, logfmt and JSON), /metrics, the console's
+pages (overview, task pages with their transcripts, Probe now), /probe's JSON and debug text, reload
+answers, --once reports, config loader errors, nor the repr()/str() of config objects and probe results
+(and their transcripts).
 
 Tasks log in to the real rig with a distinctive wrong password (the canary) on SMTP AUTH, IMAP and
-POP3, next to tasks with the right password; then everything the exporter printed or served is
-searched for either password, raw and in the encodings the protocols use (base64, AUTH PLAIN).
+POP3, next to tasks with the right password; OAuth2 tasks send a wrong client secret, a wrong refresh
+token and a token no server knows, next to tasks whose tokens work (tests/oauth.py). Then everything
+the exporter printed or served is searched for every secret, raw and in the encodings the protocols
+use (base64, AUTH PLAIN, SASL messages), the access tokens the token server issued included.
 """
 
 from __future__ import annotations
@@ -32,20 +34,22 @@ from exporter.config.load import load_config, parse_config
 from exporter.config.model import ConfigError
 from exporter.probe.result import ProbeResult
 from exporter.report import render_report
+from tests import oauth
+from tests.oauth import OAuthCanaries
 from tests.rig import MailRig, free_ports, wait_for
 from tests.tasks import SIGNER, exporter_command, task_dict
 
 CANARY = "Pa55-leak-canary-XYZ"
 # With a quote and a backslash: IMAP sends it quoted and escaped, logfmt and JSON escape it again.
 QUOTED_CANARY = 'Qu0te-"leak\\canary'
-USERS = ("sec-a", "sec-b")
+USERS = ("sec-a", "sec-b", "sec-c")  # sec-c: the OAuth2 POP3 task's mailbox alone
 DEADLINE = 90.0  # for every task to have finished at least one probe
 
 
 @pytest.fixture(scope="module")
-def users(rig: MailRig) -> tuple[str, ...]:
+def users(rig: MailRig, tmp_path_factory: pytest.TempPathFactory) -> OAuthCanaries:
     rig.add_users(USERS)
-    return USERS
+    return OAuthCanaries.make(rig, USERS[0], USERS[2], tmp_path_factory.mktemp("oauth"))
 
 
 def _wrong(task: dict[str, Any], leg: str, password: str = CANARY) -> dict[str, Any]:
@@ -61,9 +65,9 @@ def _mailbox_wrong(rig: MailRig, mailbox: str, name: str, password: str = CANARY
     return task
 
 
-def leaky_tasks(rig: MailRig) -> list[dict[str, Any]]:
-    """Wrong passwords on every protocol and security, and right ones next to them."""
-    a, b = USERS
+def leaky_tasks(rig: MailRig, canaries: OAuthCanaries) -> list[dict[str, Any]]:
+    """Wrong passwords on every protocol and security, and right ones next to them; OAuth2 likewise."""
+    a, b, c = USERS
     return [
         _wrong(task_dict(rig, a, name="smtp-starttls-wrong"), "smtp"),
         _wrong(task_dict(rig, a, smtp="submissions-tls-auth", name="smtps-wrong"), "smtp"),
@@ -76,6 +80,7 @@ def leaky_tasks(rig: MailRig) -> list[dict[str, Any]]:
         _mailbox_wrong(rig, "pop3s", "pop3-quoted-wrong", QUOTED_CANARY),
         task_dict(rig, a, mailbox="imaps", name="imap-ok"),
         task_dict(rig, b, mailbox="pop3s", name="pop3-ok"),
+        *canaries.tasks(rig, a, c),
     ]
 
 
@@ -89,15 +94,17 @@ WRONG = (
     "smtp-quoted-wrong",
     "imap-quoted-wrong",
     "pop3-quoted-wrong",
+    *oauth.WRONG,
 )
-RIGHT = ("imap-ok", "pop3-ok")
+RIGHT = ("imap-ok", "pop3-ok", *oauth.RIGHT)
 
 
-def needles(rig: MailRig) -> dict[str, str]:
+def needles(rig: MailRig, canaries: OAuthCanaries) -> dict[str, str]:
     """Every form a password could take in output: raw, base64 (AUTH LOGIN), AUTH PLAIN, and fragments
     that survive quoting and escaping (IMAP quoted strings, logfmt, JSON)."""
     found: dict[str, str] = {"canary fragment": "leak-canary", "quoted canary fragment": "Qu0te-"}
-    for user in USERS:
+    found |= canaries.needles(rig)
+    for user in USERS[:2]:
         address = rig.address(user)
         passwords = (("canary", CANARY), ("quoted canary", QUOTED_CANARY), (f"{user}'s password", rig.password(user)))
         for label, password in passwords:
@@ -108,8 +115,8 @@ def needles(rig: MailRig) -> dict[str, str]:
     return found
 
 
-def assert_clean(rig: MailRig, where: str, text: str) -> None:
-    leaks = [label for label, needle in needles(rig).items() if needle in text]
+def assert_clean(rig: MailRig, canaries: OAuthCanaries, where: str, text: str) -> None:
+    leaks = [label for label, needle in needles(rig, canaries).items() if needle in text]
     assert not leaks, f"{where} contains {', '.join(leaks)}:\n{text}"
 
 
@@ -133,10 +140,10 @@ def fetch(url: str, method: str = "GET", accept: str = "") -> tuple[int, str]:
 
 @pytest.fixture
 def served(
-    rig: MailRig, users: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest
+    rig: MailRig, users: OAuthCanaries, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
     config = tmp_path / "config.yml"
-    write_config(config, leaky_tasks(rig))
+    write_config(config, leaky_tasks(rig, users))
     port = free_ports(1)[0]
     flags = ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug", "--log.format", request.param]
     # Files, not pipes: at debug every protocol line is logged, and a pipe nobody reads until the
@@ -170,7 +177,9 @@ def _probes_done(url: str) -> bool:
 
 
 @pytest.mark.parametrize("served", ["logfmt", "json"], indirect=True)
-def test_served_exporter_never_shows_a_password(rig: MailRig, served: tuple[subprocess.Popen[str], str, Path]) -> None:
+def test_served_exporter_never_shows_a_password(
+    rig: MailRig, users: OAuthCanaries, served: tuple[subprocess.Popen[str], str, Path]
+) -> None:
     process, url, config = served
     wait_for(lambda: _probes_done(url), DEADLINE, "every task to finish a probe")
     pages = {path: fetch(url + path)[1] for path in ("/metrics", "/", "/-/healthy")}
@@ -193,7 +202,7 @@ def test_served_exporter_never_shows_a_password(rig: MailRig, served: tuple[subp
     assert process.returncode == 0, stderr
     pages |= {"stdout": stdout, "stderr": stderr}
     for where, text in pages.items():
-        assert_clean(rig, where, text)
+        assert_clean(rig, users, where, text)
     # The failures really were logged with their error text (where a leak would show).
     assert "probe finished" in stderr and "server rejected the credentials" in stderr, stderr
     assert "config reloaded" in stderr and "config reload failed" in stderr, stderr
@@ -227,10 +236,10 @@ def _check_reasons(metrics: str) -> None:
 
 @pytest.mark.parametrize("log_format", ["logfmt", "json"])
 def test_once_report_never_shows_a_password(
-    rig: MailRig, users: tuple[str, ...], tmp_path: Path, log_format: str
+    rig: MailRig, users: OAuthCanaries, tmp_path: Path, log_format: str
 ) -> None:
     config = tmp_path / "config.yml"
-    write_config(config, leaky_tasks(rig))
+    write_config(config, leaky_tasks(rig, users))
     result = subprocess.run(
         [
             sys.executable,
@@ -256,8 +265,8 @@ def test_once_report_never_shows_a_password(
         assert f"{name}: FAILED (auth)" in result.stdout, result.stdout
     for name in RIGHT:
         assert f"{name}: OK" in result.stdout, result.stdout
-    assert_clean(rig, "--once stdout", result.stdout)
-    assert_clean(rig, "--once stderr", result.stderr)
+    assert_clean(rig, users, "--once stdout", result.stdout)
+    assert_clean(rig, users, "--once stderr", result.stderr)
 
 
 # --- in-process: objects, reports and log records ------------------------------------------------
@@ -278,10 +287,10 @@ def _walk(value: Any) -> Iterator[Any]:
 
 
 async def test_objects_and_log_records_never_show_a_password(
-    rig: MailRig, users: tuple[str, ...], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    rig: MailRig, users: OAuthCanaries, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config_path = tmp_path / "config.yml"
-    write_config(config_path, leaky_tasks(rig))
+    write_config(config_path, leaky_tasks(rig, users))
     config = load_config(config_path)
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="exporter")
@@ -298,7 +307,7 @@ async def test_objects_and_log_records_never_show_a_password(
         fields = {k: v for k, v in vars(record).items() if k not in ("msg", "args")}
         texts[f"log record {record.name}"] = record.getMessage() + " " + json.dumps(fields, default=str)
     for where, text in texts.items():
-        assert_clean(rig, where, text)
+        assert_clean(rig, users, where, text)
 
 
 # --- config loader errors ------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from exporter.transcript import REDACTED, note
 
 T = TypeVar("T")
 _EXISTS = re.compile(rb"^\* \d+ EXISTS")
+_CAPABILITY = re.compile(rb"(?:^|\[)CAPABILITY ([^\]]*)", re.IGNORECASE)
+SASL_CONTINUATIONS = 3  # server challenges one AUTHENTICATE answers before it gives up on the server
 
 
 def quoted(text: str) -> str:
@@ -57,6 +59,12 @@ class Reply:
         """The server's status text, sanitised."""
         return server_text(self.lines[-1] if self.lines else b"") or "no reason given"
 
+    def require(self, command: str) -> Reply:
+        """This reply if OK; else the mailbox failure naming the command, in the server's words."""
+        if not self.ok:
+            raise MailboxFailure(f"{command} failed: {self.text()}")
+        return self
+
 
 def reply_of(ok: bool, items: Sequence[bytes | bytearray]) -> Reply:
     """aioimaplib's response lines (bytes) and literals (bytearray) as a Reply."""
@@ -66,22 +74,67 @@ def reply_of(ok: bool, items: Sequence[bytes | bytearray]) -> Reply:
 
 
 def _redacted(line: str) -> str:
-    """A command line fit for a transcript: LOGIN's and AUTHENTICATE's arguments are secret."""
+    """A command line fit for a transcript: LOGIN's arguments and AUTHENTICATE's response are secret."""
     words = line.split(" ", 2)
-    if len(words) == 3 and words[1].upper() in ("LOGIN", "AUTHENTICATE"):
+    if len(words) == 3 and words[1].upper() == "LOGIN":
         return f"{words[0]} {words[1]} {REDACTED}"
+    if len(words) == 3 and words[1].upper() == "AUTHENTICATE":
+        mechanism, _, response = words[2].partition(" ")
+        return f"{words[0]} {words[1]} {mechanism}" + (f" {REDACTED}" if response else "")
     return line
+
+
+class _SaslExchange:
+    """The client's side of one AUTHENTICATE after its command line: the initial response if it did
+    not fit there (no SASL-IR), then, to an error challenge, the abort response (RFC 7628 3.2.3), and
+    "*" (cancel, RFC 3501 6.2.2) to anything more. Every answer is base64 already."""
+
+    def __init__(self, waiting: list[bytes], abort: bytes) -> None:
+        self.waiting = waiting
+        self.abort = abort
+        self.challenge: bytes | None = None  # the server's error challenge, for the error text
+        self.answers = 0
+
+    def answer(self, line: bytes) -> bytes:
+        self.answers += 1
+        if self.waiting:
+            return self.waiting.pop(0)
+        if self.challenge is None:
+            self.challenge = line[1:].strip()
+            return self.abort
+        return b"*"
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     """Notes every untagged EXISTS: aioimaplib drops those that arrive during SEARCH, FETCH or STORE,
-    and a letter announced there would otherwise wait for the next poll (IDLE does not repeat it)."""
+    and a letter announced there would otherwise wait for the next poll (IDLE does not repeat it).
+    Answers AUTHENTICATE's continuation requests, which aioimaplib does not know."""
 
     new_mail = False
+    sasl: _SaslExchange | None = None
 
     def send(self, line: str, scrub: str | None = None) -> None:
         note(Leg.MAILBOX, True, _redacted(line))
         super().send(line, scrub)
+
+    def _continuation(self, line: bytes) -> None:
+        command, sasl = self.pending_sync_command, self.sasl
+        if sasl is None or command is None or command.name != "AUTHENTICATE":
+            super()._continuation(line)
+        elif sasl.answers < SASL_CONTINUATIONS:
+            note(Leg.MAILBOX, True, REDACTED)  # a SASL response carries the token
+            self.transport.write(sasl.answer(line) + b"\r\n")
+        else:  # a server that challenges on and on: end the session rather than answer for ever
+            self.transport.abort()
+
+    async def authenticated(self, command: aioimaplib.Command) -> aioimaplib.Response:
+        """AUTHENTICATE, moving to the authenticated state on OK (as aioimaplib's login does)."""
+        async with self.state_condition:
+            response = await self.execute(command)
+            if response.result == "OK":
+                self.state = aioimaplib.AUTH
+            self.state_condition.notify_all()
+        return response
 
     def _untagged_response(self, line: bytes) -> Any:
         if _EXISTS.match(line):
@@ -197,7 +250,35 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
 
     async def login(self, user: str, password: str) -> Reply:
         # A rejected LOGIN does not raise in aioimaplib: the reply says so.
-        return await self._reply("LOGIN", self.protocol.login(quoted(user), password))
+        reply = await self._reply("LOGIN", self.protocol.login(quoted(user), password))
+        await self._learn_capabilities(reply)
+        return reply
+
+    async def authenticate(self, mechanism: str, response: bytes, abort: bytes) -> tuple[Reply, bytes | None]:
+        """AUTHENTICATE with one SASL message (``response``, base64), inline where the server offers
+        SASL-IR (RFC 4959); the reply, and the server's error challenge if it sent one."""
+        protocol = self.protocol
+        inline = "SASL-IR" in protocol.capabilities
+        exchange = protocol.sasl = _SaslExchange([] if inline else [response], abort)
+        arguments = (mechanism, response.decode("ascii")) if inline else (mechanism,)
+        command = aioimaplib.Command("AUTHENTICATE", protocol.new_tag(), *arguments, loop=protocol.loop)
+        try:
+            reply = await self._reply("AUTHENTICATE", protocol.authenticated(command))
+        finally:
+            protocol.sasl = None
+        await self._learn_capabilities(reply)
+        return reply, exchange.challenge
+
+    async def _learn_capabilities(self, reply: Reply) -> None:
+        """The capabilities once logged in (they may change, RFC 3501 6.2.2: UIDPLUS, MOVE and X-GM-EXT-1
+        are often offered only then), from the login's CAPABILITY line or response code, else asked."""
+        if not reply.ok:
+            return
+        announced = [match.group(1) for line in reply.lines if (match := _CAPABILITY.search(line))]
+        if not announced:
+            await self.run("CAPABILITY", self.protocol.capability())
+        for words in announced:
+            self.protocol.capabilities = set(self.protocol.capabilities) | set(words.decode("ascii", "replace").split())
 
     async def select(self, mailbox: str) -> Reply:
         return await self._reply("SELECT", self.protocol.select(quoted(mailbox)))
@@ -217,6 +298,20 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
 
     async def uid_expunge(self, uid_set: str) -> Reply:
         return await self._reply("UID EXPUNGE", self.protocol.expunge(uid_set, by_uid=True))
+
+    async def uid_move(self, uid_set: str, mailbox: str) -> Reply:
+        """RFC 6851 MOVE (the caller checks the capability)."""
+        return await self._reply("UID MOVE", self.protocol.move(uid_set, quoted(mailbox), by_uid=True))
+
+    async def uid_copy(self, uid_set: str, mailbox: str) -> Reply:
+        return await self._reply("UID COPY", self.protocol.copy(uid_set, quoted(mailbox), by_uid=True))
+
+    async def list_special_use(self) -> Reply:
+        """The mailboxes with their attributes, RFC 6154's special uses among them: only those with a
+        special use where the server has LIST-EXTENDED (RFC 5258), else every mailbox (a server may
+        name special uses in a plain LIST too)."""
+        selection = ["(SPECIAL-USE)"] if {"SPECIAL-USE", "LIST-EXTENDED"} <= self.capabilities else []
+        return await self._reply("LIST", self.protocol.simple_command("LIST", *selection, quoted(""), quoted("*")))
 
     async def idle_for(self, seconds: float) -> None:
         """IDLE until the server pushes news or ``seconds`` pass, then DONE."""

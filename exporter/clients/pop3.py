@@ -22,7 +22,9 @@ from exporter.transcript import REDACTED, note
 
 LINE_LIMIT = 64 * 1024  # one reply line; RFC 1939 allows 512 octets, real servers stay far below
 REPLY_TEXT_LIMIT = 200  # how much of a server's text goes into an error message
-SECRET_COMMANDS = {"PASS"}  # their arguments never reach a transcript
+SECRET_COMMANDS = {"PASS": 0, "AUTH": 1}  # name -> how many arguments a transcript shows (AUTH: the mechanism)
+AUTH_LINE_LIMIT = 255  # RFC 5034 4: a longer AUTH line sends its initial response after the server's "+"
+SASL_CONTINUATIONS = 3  # server challenges one AUTH answers before it gives up on the server
 
 
 class Pop3Client:
@@ -75,16 +77,44 @@ class Pop3Client:
 
     async def command(self, name: str, *args: str) -> tuple[bool, str]:
         """Send a command, read its status line: (True, text) for +OK, (False, text) for -ERR."""
-        line = self.encode(name, *args)
+        await self._send(name, self.encode(name, *args), _shown(name, args))
+        return await self._status(name)
+
+    async def authenticate(self, mechanism: str, response: str, abort: str) -> tuple[bool, str, str | None]:
+        """RFC 5034 AUTH with one SASL message (``response``, base64): on the command line if that
+        stays within 255 octets, else after the server's first "+". An error challenge is answered
+        with ``abort``, anything more with "*" (cancel). (ok, text, the error challenge if any)"""
+        inline = len(f"AUTH {mechanism} {response}\r\n") <= AUTH_LINE_LIMIT
+        arguments = (mechanism, response) if inline else (mechanism,)
+        await self._send("AUTH", self.encode("AUTH", *arguments), _shown("AUTH", arguments))
+        waiting = [] if inline else [response]
+        challenge: str | None = None
+        line = await self._line("AUTH")
+        for _ in range(SASL_CONTINUATIONS):
+            if line != b"+" and not line.startswith(b"+ "):
+                break
+            note(Leg.MAILBOX, False, self.printable(line))
+            self.busy = False  # the continuation is read whole: our answer is next
+            if waiting:
+                answer = waiting.pop()
+            elif challenge is None:
+                challenge, answer = line[2:].decode("ascii", "replace"), abort
+            else:
+                answer = "*"
+            await self._send("AUTH", answer.encode("ascii") + b"\r\n", REDACTED)  # base64: it carries the token
+            line = await self._line("AUTH")
+        ok, text = self._status_of("AUTH", line)
+        return ok, text, challenge
+
+    async def _send(self, name: str, line: bytes, shown: str | bytes) -> None:
         self.busy = True
         self.commands_sent[name] += 1
-        note(Leg.MAILBOX, True, f"{name} {REDACTED}" if name in SECRET_COMMANDS else line.rstrip(b"\r\n"))
+        note(Leg.MAILBOX, True, shown)
         try:
             self.writer.write(line)
             await self.writer.drain()
         except (OSError, RuntimeError) as exc:
             raise self._closed_during(name, exc) from None
-        return await self._status(name)
 
     async def simple(self, name: str, *args: str) -> str:
         """A command whose -ERR is a mailbox failure naming the command."""
@@ -156,7 +186,9 @@ class Pop3Client:
         return " ".join((name, *args)).encode("utf-8") + b"\r\n"
 
     async def _status(self, name: str) -> tuple[bool, str]:
-        line = await self._line(name)
+        return self._status_of(name, await self._line(name))
+
+    def _status_of(self, name: str, line: bytes) -> tuple[bool, str]:
         self.busy = False
         note(Leg.MAILBOX, False, self.printable(line))
         if line == b"+OK" or line.startswith(b"+OK "):
@@ -186,3 +218,11 @@ class Pop3Client:
     def printable(self, raw: bytes) -> str:
         """Server text fit for an error message (sanitise.server_text), without our secrets."""
         return server_text(raw, REPLY_TEXT_LIMIT, hide=self._secrets)
+
+
+def _shown(name: str, args: tuple[str, ...]) -> str:
+    """A command as a transcript shows it: the secret arguments of PASS and AUTH redacted."""
+    if name not in SECRET_COMMANDS:
+        return " ".join((name, *args))
+    kept = args[: SECRET_COMMANDS[name]]
+    return " ".join((name, *kept, *([REDACTED] if len(args) > len(kept) else [])))

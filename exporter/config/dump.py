@@ -9,7 +9,18 @@ from __future__ import annotations
 import yaml
 
 from exporter.config.fields import join_host_port
-from exporter.config.model import Config, DeviceConfig, DNSConfig, IncomingConfig, Labels, ServerConfig, TaskConfig
+from exporter.config.model import (
+    Config,
+    DeviceConfig,
+    DNSConfig,
+    IncomingConfig,
+    Labels,
+    OAuth2Config,
+    ServerConfig,
+    SMTPConfig,
+    TaskConfig,
+    TLSOptions,
+)
 
 SECRET = "<secret>"
 
@@ -47,7 +58,7 @@ def _task(task: TaskConfig) -> Tree:
         "name": task.name,
         "destination": task.destination,
         "sender": task.sender,
-        "smtp": _server(task.smtp),
+        "smtp": _smtp(task.smtp),
         "incoming": _incoming(task.incoming),
         "completion_timeout": _seconds(task.completion_timeout),
         "email_timeout": _seconds(task.email_timeout),
@@ -62,17 +73,51 @@ def _labels(labels: Labels) -> Tree:
     return {"labels": dict(labels)} if labels else {}
 
 
+def _smtp(smtp: SMTPConfig) -> Tree:
+    if not smtp.mx:
+        return _server(smtp) | {"helo_name": smtp.helo_name}
+    tree: Tree = {"mx": True, "port": smtp.port, "security": smtp.security.value}
+    return tree | _tls(smtp.tls) | {"helo_name": smtp.helo_name}
+
+
 def _server(server: ServerConfig) -> Tree:
     tree: Tree = {"host": server.host, "port": server.port, "security": server.security.value}
-    if server.tls.ca_file is not None:
-        tree["ca_file"] = server.tls.ca_file
-    if server.tls.insecure_skip_verify:
-        tree["insecure_skip_verify"] = True
+    tree |= _tls(server.tls)
     if server.user is not None:
         tree["user"] = server.user
     if server.password is not None:
         tree["password"] = SECRET  # whichever source it came from
+    if server.oauth2 is not None and server.mechanism is not None:
+        tree["auth"] = server.mechanism.value
+        tree["oauth2"] = _oauth2(server.oauth2)
     return tree
+
+
+def _tls(tls: TLSOptions) -> Tree:
+    tree: Tree = {}
+    if tls.ca_file is not None:
+        tree["ca_file"] = tls.ca_file
+    if tls.insecure_skip_verify:
+        tree["insecure_skip_verify"] = True
+    return tree
+
+
+def _oauth2(oauth2: OAuth2Config) -> Tree:
+    if oauth2.token_file is not None:
+        return {"token_file": oauth2.token_file}
+    assert oauth2.grant is not None
+    tree: Tree = {"token_url": oauth2.token_url, "grant": oauth2.grant.value, "client_id": oauth2.client_id}
+    if oauth2.client_secret is not None:
+        tree["client_secret"] = SECRET
+    if oauth2.refresh_token_file is not None:  # the path, as the write-back needs it (not the token)
+        tree["refresh_token_file"] = oauth2.refresh_token_file
+        if oauth2.refresh_token_write_back:
+            tree["refresh_token_write_back"] = True
+    elif oauth2.refresh_token is not None:
+        tree["refresh_token"] = SECRET
+    if oauth2.scope is not None:
+        tree["scope"] = oauth2.scope
+    return tree | _tls(oauth2.tls)
 
 
 def _incoming(incoming: IncomingConfig) -> Tree:
@@ -81,6 +126,7 @@ def _incoming(incoming: IncomingConfig) -> Tree:
         **_server(incoming.server),
         "mailbox": incoming.mailbox,
         "poll_interval": _seconds(incoming.poll_interval),
+        **({"cleanup": incoming.cleanup.value} if incoming.cleanup is not None else {}),
     }
 
 

@@ -7,10 +7,12 @@ an error is cut short (``shown``). Unknown keys are errors: a typo must not fall
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
 import reprlib
+import socket
 import ssl
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -21,6 +23,7 @@ from exporter import files
 from exporter.config.model import (
     MAX_ADDRESS,
     MAX_CERTIFICATE_FILE_BYTES,
+    MAX_HELO_NAME,
     MAX_IN_FLIGHT_LIMIT,
     MAX_LABEL_VALUE,
     MAX_LABELS,
@@ -40,6 +43,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ADDRESS = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+$")
 _HOST = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?\.?$")
+FALLBACK_HELO_NAME = "mail-roundtrip-exporter.localhost"  # when the machine has no FQDN
 
 
 class Node:
@@ -236,6 +240,29 @@ def as_host(value: object) -> str:
     if not _HOST.match(text):
         raise ValueError(f"{shown(text)} is not a host name or IP address")
     return text
+
+
+def as_helo_name(value: object) -> str:
+    """An EHLO name (RFC 5321 4.1.1.1): a fully qualified domain name, or an address literal."""
+    text = as_string(value)
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            ipaddress.ip_address(text[1:-1].removeprefix("IPv6:"))
+        except ValueError:
+            raise ValueError(f"{shown(text)} is not an address literal") from None
+        return text
+    if len(text) > MAX_HELO_NAME or not _HOST.match(text) or "." not in text.strip(".") or text.endswith("."):
+        raise ValueError(f"{shown(text)} is not a fully qualified domain name (or an [address] literal)")
+    return text
+
+
+@functools.cache
+def default_helo_name() -> str:
+    """The machine's FQDN, if it is one (looked up once: it may ask DNS); else a name that still is."""
+    try:
+        return as_helo_name(socket.getfqdn())
+    except ValueError:
+        return FALLBACK_HELO_NAME
 
 
 def split_host_port(text: str) -> tuple[str, int | None]:

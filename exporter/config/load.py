@@ -5,17 +5,16 @@ Every error is one line naming the file, the path to the field and what is wrong
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-import os
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
-from exporter import files
 from exporter.config.fields import (
     Node,
     as_address,
     as_bool,
+    as_helo_name,
     as_host,
     as_in_flight,
     as_labels,
@@ -26,6 +25,7 @@ from exporter.config.fields import (
     as_string,
     as_user,
     certificate_file,
+    default_helo_name,
     duration,
     enum_choice,
     shown,
@@ -45,6 +45,7 @@ from exporter.config.model import (
     MAX_PASSWORD_FILE_BYTES,
     MAX_TASKS,
     POLL_INTERVAL_BOUNDS,
+    Cleanup,
     Config,
     ConfigError,
     DeviceConfig,
@@ -53,57 +54,17 @@ from exporter.config.model import (
     DNSMode,
     IncomingConfig,
     Protocol,
-    Secret,
     Security,
     ServerConfig,
+    SMTPConfig,
     TaskConfig,
     TLSOptions,
 )
+from exporter.config.oauth2 import mechanism, parse_oauth2
+from exporter.config.secrets import Reading, SecretKind, read_secret
 from exporter.config.yamlfile import read_yaml
 
-
-@dataclass(frozen=True)
-class _Reading:
-    """How a file is being read: where its relative paths start, and whether secrets are read too
-    (``--config.check`` checks a config's shape on a machine that does not hold its secrets)."""
-
-    base_dir: Path
-    secrets: bool = True
-
-
-# --- secrets -----------------------------------------------------------------------------------
-
-UNREAD_SECRET = Secret("")  # a password_env or password_file that a check without secrets did not read
-
-
-def _read_secret(node: Node, reading: _Reading) -> Secret | None:
-    keys = ("password", "password_env", "password_file")
-    node.used.update(keys)  # one of them written as null is no source, and no unknown key either
-    sources = [key for key in keys if node.has(key)]
-    if len(sources) > 1:
-        raise node.error(f"give only one of password, password_env, password_file (got {', '.join(sources)})")
-    if not sources:
-        return None
-    key = sources[0]
-    if key == "password":
-        return Secret(node.get(key, as_password, ""))
-    text = node.get(key, as_string, "")
-    if not reading.secrets:
-        return UNREAD_SECRET
-    if key == "password_env":
-        if text not in os.environ:
-            raise node.error(f"environment variable {shown(text)} is not set", key)
-        password = os.environ[text]
-    else:
-        path = reading.base_dir / text
-        try:
-            password = files.read_text(path, MAX_PASSWORD_FILE_BYTES).rstrip("\r\n")
-        except files.FileError as exc:
-            raise node.error(f"cannot read {str(path)!r}: {exc}", key) from None
-    try:  # the same rules as a password written in the config: it goes into protocol lines
-        return Secret(as_password(password))
-    except ValueError as exc:
-        raise node.error(f"the password {exc}", key) from None
+PASSWORD = SecretKind("password", as_password, MAX_PASSWORD_FILE_BYTES)
 
 
 # --- legs --------------------------------------------------------------------------------------
@@ -132,7 +93,7 @@ def _security(node: Node, kind: str, port: int | None) -> Security:
     return Security.TLS if port in _IMPLICIT_PORTS else Security.STARTTLS
 
 
-def _server(node: Node, kind: str, reading: _Reading) -> ServerConfig:
+def _server(node: Node, kind: str, reading: Reading) -> ServerConfig:
     host_text = node.require("host", as_string)
     try:
         host, port_in_host = split_host_port(host_text)
@@ -143,33 +104,79 @@ def _server(node: Node, kind: str, reading: _Reading) -> ServerConfig:
     if port_in_host is not None and node.has("port") and port != port_in_host:
         raise node.error(f"port {port} contradicts the port in host {shown(host_text)}", "port")
     security = _security(node, kind, port)
+    if security is Security.MAY:
+        raise node.error("may (STARTTLS when offered) is for mx: true only", "security")
     implicit, other = _WELL_KNOWN[kind]
     if port is None:
         port = implicit if security is Security.TLS else other
         if kind == "smtp" and security is Security.NONE:
             port = 25
-    tls = TLSOptions(
+    tls = _tls(node, reading)
+    user = node.get("user", as_user, None)
+    password = read_secret(node, reading, PASSWORD)
+    if password is not None and user is None:
+        raise node.error("a password is given but no user", "user")
+    oauth2 = parse_oauth2(node.child("oauth2"), reading) if node.has("oauth2") else None
+    node.used.add("oauth2")
+    if oauth2 is not None and (user is None or password is not None):
+        raise node.error("oauth2 logs in as user with a token: give user, and no password", "oauth2")
+    return ServerConfig(
+        host=host,
+        port=port,
+        security=security,
+        tls=tls,
+        user=user,
+        password=password,
+        oauth2=oauth2,
+        mechanism=mechanism(node, oauth2 is not None),
+    )
+
+
+def _tls(node: Node, reading: Reading) -> TLSOptions:
+    return TLSOptions(
         ca_file=node.get("ca_file", certificate_file(reading.base_dir), None),
         insecure_skip_verify=node.get("insecure_skip_verify", as_bool, False),
     )
-    user = node.get("user", as_user, None)
-    password = _read_secret(node, reading)
-    if password is not None and user is None:
-        raise node.error("a password is given but no user", "user")
-    return ServerConfig(host=host, port=port, security=security, tls=tls, user=user, password=password)
 
 
-def _smtp(node: Node, reading: _Reading) -> ServerConfig:
-    server = _server(node, "smtp", reading)
+def _smtp(node: Node, destination: str, reading: Reading) -> SMTPConfig:
+    helo_name = node.get("helo_name", as_helo_name, None) or default_helo_name()
+    if node.get("mx", as_bool, False):
+        smtp = _mx(node, destination, reading, helo_name)
+    else:
+        server = _server(node, "smtp", reading)
+        smtp = SMTPConfig(**{f.name: getattr(server, f.name) for f in dataclasses.fields(server)}, helo_name=helo_name)
     node.finish()
-    return server
+    return smtp
 
 
-def _incoming(node: Node, reading: _Reading) -> IncomingConfig:
+_NOT_WITH_MX = ("host", "ssl", "user", "oauth2", "auth", *PASSWORD.sources)
+
+
+def _mx(node: Node, destination: str, reading: Reading, helo_name: str) -> SMTPConfig:
+    """``mx: true``: deliver as another domain's server would, to the destination domain's MX hosts
+    (RFC 5321 5.1), on port 25, with STARTTLS when offered (``may``) and no AUTH."""
+    for key in _NOT_WITH_MX:
+        if node.has(key):
+            raise node.error(f"mx: true sends to the destination domain's MX hosts, without AUTH: remove {key}", key)
+    node.used.update(_NOT_WITH_MX)  # written as null, they are absent
+    domain = destination.rpartition("@")[2]
+    try:
+        domain = as_host(domain)
+    except ValueError:
+        raise node.error(f"mx: true needs a domain name after the @ of destination, got {shown(domain)}") from None
+    security = node.get("security", enum_choice(Security), Security.MAY)
+    if security is Security.TLS:
+        raise node.error("MX hosts take STARTTLS on port 25, not implicit TLS: use may, starttls or none", "security")
+    port = node.get("port", as_port, 25)  # another port only for tests and odd setups
+    return SMTPConfig(host=domain, port=port, security=security, tls=_tls(node, reading), mx=True, helo_name=helo_name)
+
+
+def _incoming(node: Node, reading: Reading) -> IncomingConfig:
     protocol = node.require("protocol", enum_choice(Protocol))
     server = _server(node, protocol.value, reading)
-    if server.user is None or server.password is None:
-        raise node.error("user and a password (password, password_env or password_file) are required")
+    if server.user is None or (server.password is None and server.oauth2 is None):
+        raise node.error("user and a password (password, password_env or password_file) or oauth2 are required")
     mailbox = node.get("mailbox", as_mailbox, "INBOX")
     if protocol is Protocol.POP3 and mailbox != "INBOX":
         raise node.error("POP3 has only the INBOX; remove mailbox", "mailbox")
@@ -178,7 +185,10 @@ def _incoming(node: Node, reading: _Reading) -> IncomingConfig:
         protocol=protocol,
         mailbox=mailbox,
         poll_interval=node.get("poll_interval", duration("s", POLL_INTERVAL_BOUNDS), DEFAULT_POLL_INTERVAL),
+        cleanup=node.get("cleanup", enum_choice(Cleanup), None),
     )
+    if protocol is Protocol.POP3 and incoming.cleanup is Cleanup.TRASH:
+        raise node.error("POP3 has no folders to move a letter to; remove cleanup", "cleanup")
     node.finish()
     return incoming
 
@@ -227,10 +237,10 @@ def _dns(node: Node) -> DNSConfig:
 # --- tasks and devices -------------------------------------------------------------------------
 
 
-def _task(node: Node, reading: _Reading) -> TaskConfig:
+def _task(node: Node, reading: Reading) -> TaskConfig:
     name = node.require("name", as_name)
     destination = node.require("destination", as_address)
-    smtp = _smtp(node.child("smtp"), reading) if node.has("smtp") else None
+    smtp = _smtp(node.child("smtp"), destination, reading) if node.has("smtp") else None
     incoming = _incoming(node.child("incoming"), reading) if node.has("incoming") else None
     if smtp is None:
         raise node.error("is required", "smtp")
@@ -255,7 +265,7 @@ def _task(node: Node, reading: _Reading) -> TaskConfig:
     return task
 
 
-def _device(node: Node, reading: _Reading) -> DeviceConfig:
+def _device(node: Node, reading: Reading) -> DeviceConfig:
     name = node.require("name", as_name)
     tasks_nodes = node.children("tasks")
     if not tasks_nodes:
@@ -283,8 +293,8 @@ def _unique(names: list[str], nodes: list[Node], what: str) -> None:
 
 def parse_config(data: object, source: str = "<config>", base_dir: Path | None = None, secrets: bool = True) -> Config:
     """The config in ``data``; with ``secrets=False`` password_env and password_file are checked but
-    not read (their Secret is UNREAD_SECRET)."""
-    reading = _Reading(base_dir or Path.cwd(), secrets)
+    not read (their Secret is config.secrets.UNREAD_SECRET)."""
+    reading = Reading(base_dir or Path.cwd(), secrets)
     root = Node(data if data is not None else {}, "", source)
     devices_nodes = root.children("devices") + _included(root, reading)
     if not devices_nodes:
@@ -297,7 +307,7 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
     return Config(devices=devices, source=source)
 
 
-def _included(root: Node, reading: _Reading) -> list[Node]:
+def _included(root: Node, reading: Reading) -> list[Node]:
     """The device nodes of the files ``include`` names (glob patterns relative to the config file,
     each file holding ``devices:`` and nothing else; no include in them). Errors name the file."""
     paths: list[Path] = []

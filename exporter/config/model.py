@@ -46,11 +46,23 @@ MAX_ADDRESS = 254  # RFC 5321: a path is at most 256 octets with its angle brack
 
 MAX_MAILBOX = 255
 
+MAX_CLIENT_SECRET = 1024
+
+MAX_REFRESH_TOKEN = 8192  # Microsoft's are a few KB
+
+MAX_ACCESS_TOKEN = 8192  # so that an SMTP AUTH line with it stays within RFC 4954's 12,288 octets
+
+MAX_SCOPE = 1024
+
+MAX_HELO_NAME = 253
+
 
 # Files: every read is capped (exporter.files); the YAML of a config is bounded after parsing too.
 MAX_CONFIG_BYTES = 2 * files.MIB
 
 MAX_PASSWORD_FILE_BYTES = 4 * files.KIB
+
+MAX_TOKEN_FILE_BYTES = 16 * files.KIB  # a refresh token or an access token, kept by another program
 
 MAX_CERTIFICATE_FILE_BYTES = files.MIB  # a CA bundle (Debian's is ~220 KB), certificate or key
 
@@ -80,11 +92,36 @@ class Security(StrEnum):
     TLS = "tls"  # implicit TLS from the first byte (465, 993, 995)
     STARTTLS = "starttls"  # plain connect, then upgrade; refusing to go on without TLS
     NONE = "none"  # clear text
+    MAY = "may"  # STARTTLS when offered, else clear text (as MTAs deliver to each other; mx: true only)
 
 
 class Protocol(StrEnum):
     IMAP = "imap"
     POP3 = "pop3"
+
+
+class Mechanism(StrEnum):
+    """SASL mechanisms for an OAuth2 bearer token (exporter.auth.sasl)."""
+
+    XOAUTH2 = "xoauth2"  # Google's and Microsoft's
+    OAUTHBEARER = "oauthbearer"  # RFC 7628
+
+    @property
+    def wire(self) -> str:
+        """As the protocols spell it: ``XOAUTH2``."""
+        return self.value.upper()
+
+
+class Grant(StrEnum):
+    CLIENT_CREDENTIALS = "client_credentials"  # RFC 6749 4.4: the application's own token (Microsoft 365)
+    REFRESH_TOKEN = "refresh_token"  # RFC 6749 6: a user's consent, kept as a refresh token (Gmail)
+
+
+class Cleanup(StrEnum):
+    """What happens to a probe letter once found (IMAP)."""
+
+    DELETE = "delete"  # \Deleted and UID EXPUNGE where it is
+    TRASH = "trash"  # moved to the \Trash special-use folder and expunged there (Gmail)
 
 
 class DNSMode(StrEnum):
@@ -126,6 +163,22 @@ class TLSOptions:
 
 
 @dataclass(frozen=True)
+class OAuth2Config:
+    """Where a leg's OAuth2 access token comes from: a grant at ``token_url``, or ``token_file``."""
+
+    token_url: str | None = None
+    grant: Grant | None = None
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    refresh_token: Secret | None = None
+    refresh_token_file: str | None = None  # where refresh_token came from, when from a file
+    refresh_token_write_back: bool = False  # a rotated refresh token replaces the file's
+    scope: str | None = None
+    tls: TLSOptions = TLSOptions()  # for the token endpoint
+    token_file: str | None = None  # a token another program keeps fresh, read before each use
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """One leg's server: where to connect, how to secure it, and who to log in as."""
 
@@ -135,6 +188,16 @@ class ServerConfig:
     tls: TLSOptions
     user: str | None = None
     password: Secret | None = None
+    oauth2: OAuth2Config | None = None  # instead of a password
+    mechanism: Mechanism | None = None  # the SASL mechanism for the token (set with oauth2)
+
+
+@dataclass(frozen=True)
+class SMTPConfig(ServerConfig):
+    """The outgoing leg: a server of its own, or (``mx``) the destination domain's MX hosts."""
+
+    mx: bool = False
+    helo_name: str = ""  # the EHLO name; config.load fills in the machine's FQDN
 
 
 @dataclass(frozen=True)
@@ -145,6 +208,7 @@ class IncomingConfig:
     protocol: Protocol = Protocol.IMAP
     mailbox: str = "INBOX"
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    cleanup: Cleanup | None = None  # None: delete, or trash where the server is Gmail (X-GM-EXT-1)
 
 
 @dataclass(frozen=True)
@@ -166,7 +230,7 @@ class TaskConfig:
     name: str
     destination: str
     sender: str
-    smtp: ServerConfig
+    smtp: SMTPConfig
     incoming: IncomingConfig
     completion_timeout: float = DEFAULT_COMPLETION_TIMEOUT
     email_timeout: float = DEFAULT_EMAIL_TIMEOUT

@@ -11,10 +11,13 @@ import re
 from collections.abc import Collection, Iterator
 from email.utils import parsedate_to_datetime
 
+from exporter.auth import sasl
+from exporter.auth.credentials import Credentials, login_of
 from exporter.clients.imap4 import Imap4Client, Reply, quoted
-from exporter.config.model import IncomingConfig, Security
-from exporter.legs.mailbox import EXAMINE_BATCH, Connect, FoundLetter, wanted
+from exporter.config.model import Cleanup, IncomingConfig, Security
+from exporter.legs.mailbox import EXAMINE_BATCH, Access, FoundLetter, wanted
 from exporter.legs.memo import LetterMemo
+from exporter.legs.trash import cleanup_of, move_to_trash, trash_folder
 from exporter.letter.compose import HEADER
 from exporter.letter.recognise import BOUNCE_BYTES, RECOGNISED_FIELDS, Recognised, is_delivery_report, recognise
 from exporter.letter.token import TOKEN_PREFIX, Signer
@@ -57,6 +60,7 @@ class ImapSession:
         self._memo = memo
         self.address = address
         self.tls: TLSFacts | None = None
+        self._trash_name: str | None = None
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
         # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
@@ -102,11 +106,24 @@ class ImapSession:
         uid_set = ",".join(letter.ref for letter in letters)
         self._memo.forget([letter.ref for letter in letters])
         client = self._client
+        if cleanup_of(self._config.cleanup, client.capabilities) is Cleanup.TRASH:
+            trash = await self._trash()
+            if trash != self._config.mailbox:  # a probe that reads the Trash itself deletes in place
+                await move_to_trash(client, uid_set, self._config.mailbox, trash)
+                return
         self._checked("UID STORE", await client.uid_store(uid_set, r"(\Deleted)"))
         # Without UIDPLUS a plain EXPUNGE would also remove letters someone else marked \Deleted:
         # we leave ours flagged rather than touch anything that is not provably ours.
         if "UIDPLUS" in client.capabilities:
             self._checked("UID EXPUNGE", await client.uid_expunge(uid_set))
+
+    async def _trash(self) -> str:
+        """The \\Trash folder's name, asked once per session."""
+        if self._trash_name is None:
+            self._trash_name = trash_folder(self._checked("LIST", await self._client.list_special_use()))
+            if self._trash_name is None:
+                raise MailboxFailure("no folder has the \\Trash special use (RFC 6154): the letter stays")
+        return self._trash_name
 
     async def resume(self) -> None:
         """Nothing to do: the next search's NOOP makes the server look for new mail."""
@@ -139,9 +156,7 @@ class ImapSession:
 
     @staticmethod
     def _checked(command: str, reply: Reply) -> Reply:
-        if not reply.ok:
-            raise MailboxFailure(f"{command} failed: {reply.text()}")
-        return reply
+        return reply.require(command)
 
 
 def fetch_responses(reply: Reply) -> Iterator[tuple[str, tuple[bytes, bytes]]]:
@@ -183,9 +198,15 @@ def _rfc2822(internaldate: str) -> str:
 
 
 async def open_session(
-    config: IncomingConfig, connected: Connected, clock: PhaseClock, signer: Signer, memo: LetterMemo
+    config: IncomingConfig,
+    connected: Connected,
+    clock: PhaseClock,
+    signer: Signer,
+    memo: LetterMemo,
+    credentials: Credentials | None = None,
 ) -> ImapSession:
-    """TLS (implicit or STARTTLS), greeting, LOGIN and SELECT; the caller has connected the socket."""
+    """TLS (implicit or STARTTLS), greeting, LOGIN (or AUTHENTICATE with a token) and SELECT; the
+    caller has connected the socket. Without ``credentials``, the configured password."""
     server = config.server
     implicit = server.security is Security.TLS
     context = client_context(server.tls)
@@ -202,22 +223,23 @@ async def open_session(
         session = ImapSession(client, config, signer, connected.address, memo)
         session.tls = tls_facts(client.ssl_object())
         async with clock.phase(Phase.MAILBOX_LOGIN, accumulate=True):
-            memo.renew(await _login(client, config))
+            memo.renew(await _login(client, config, login_of(server, credentials)))
         return session
     except BaseException:
         await client.discard(polite=False)
         raise
 
 
-async def _login(client: Imap4Client, config: IncomingConfig) -> str | None:
-    """LOGIN and SELECT; the mailbox's UIDVALIDITY (None if the server did not say)."""
-    user, password = config.server.user, config.server.password
-    assert user is not None and password is not None  # the config loader requires both
-    if "LOGINDISABLED" in client.capabilities:
-        raise AuthFailure("server refuses LOGIN on this connection (LOGINDISABLED: it wants TLS)")
-    reply = await client.login(user, password.reveal())
-    if not reply.ok:
-        raise AuthFailure(f"LOGIN rejected: {reply.text()}")
+async def _login(client: Imap4Client, config: IncomingConfig, credentials: Credentials) -> str | None:
+    """LOGIN (or AUTHENTICATE) and SELECT; the mailbox's UIDVALIDITY (None if the server did not say)."""
+    if credentials.mechanism is not None:
+        await _authenticate(client, credentials, config)
+    else:
+        if "LOGINDISABLED" in client.capabilities:
+            raise AuthFailure("server refuses LOGIN on this connection (LOGINDISABLED: it wants TLS)")
+        reply = await client.login(credentials.user, credentials.secret.reveal())
+        if not reply.ok:
+            raise AuthFailure(f"LOGIN rejected: {reply.text()}")
     reply = await client.select(config.mailbox)
     if not reply.ok:
         raise MailboxFailure(f"SELECT {config.mailbox!r} failed: {reply.text()}")
@@ -225,7 +247,24 @@ async def _login(client: Imap4Client, config: IncomingConfig) -> str | None:
     return next((match.group(1).decode() for match in validity if match is not None), None)
 
 
+async def _authenticate(client: Imap4Client, credentials: Credentials, config: IncomingConfig) -> None:
+    """AUTHENTICATE with the OAuth2 token: one mechanism, one attempt."""
+    mechanism = credentials.mechanism
+    assert mechanism is not None
+    if f"AUTH={mechanism.wire}" not in client.capabilities:
+        raise AuthFailure(f"server does not offer AUTHENTICATE {mechanism.wire}")
+    server = config.server
+    message = sasl.initial_response(mechanism, credentials.user, credentials.secret.reveal(), server.host, server.port)
+    abort = sasl.encoded(sasl.abort_response(mechanism)).encode()
+    reply, challenge = await client.authenticate(mechanism.wire, sasl.encoded(message).encode(), abort)
+    if not reply.ok:
+        credentials.rejected()
+        said = f" ({sasl.describe_challenge(challenge)})" if challenge is not None else ""
+        raise AuthFailure(f"AUTHENTICATE {mechanism.wire} rejected{said}: {reply.text()}")
+
+
 async def open_mailbox(
-    config: IncomingConfig, connect: Connect, clock: PhaseClock, signer: Signer, memo: LetterMemo
+    config: IncomingConfig, access: Access, clock: PhaseClock, signer: Signer, memo: LetterMemo
 ) -> ImapSession:
-    return await open_session(config, await connect(), clock, signer, memo)
+    credentials = await access.credentials()
+    return await open_session(config, await access.connect(), clock, signer, memo, credentials)

@@ -9,12 +9,25 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
+from exporter.auth.credentials import Credentials
 from exporter.letter.token import Token
 from exporter.net.connect import Connected
 from exporter.net.tls import TLSFacts
 
 # Resolves and connects, in the leg's dns and connect phases, each time it is called.
 Connect = Callable[[], Awaitable[Connected]]
+# The credentials to log in with (an OAuth2 token is got in the leg's oauth2 phase), each time it is called.
+Login = Callable[[], Awaitable[Credentials | None]]
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a mailbox leg reaches its server each time it logs in: credentials first (so that no
+    connection is opened when there is no token to log in with), then resolve and connect."""
+
+    credentials: Login
+    connect: Connect
+
 
 # How many letters not seen before one search looks at: whatever a sender puts in the mailbox, a
 # probe reads at most this many letters' headers (the newest first: the awaited letter is recent).

@@ -22,9 +22,11 @@ from datetime import UTC
 from email.parser import BytesHeaderParser
 from email.utils import parsedate_to_datetime
 
+from exporter.auth import sasl
+from exporter.auth.credentials import Credentials, login_of
 from exporter.clients.pop3 import Pop3Client
 from exporter.config.model import IncomingConfig, Security
-from exporter.legs.mailbox import EXAMINE_BATCH, Connect, FoundLetter, wanted
+from exporter.legs.mailbox import EXAMINE_BATCH, Access, FoundLetter, wanted
 from exporter.legs.memo import LetterMemo
 from exporter.letter.recognise import BOUNCE_BYTES, Recognised, is_delivery_report, recognise
 from exporter.letter.token import Signer
@@ -229,11 +231,17 @@ def received_time(headers: bytes) -> float | None:
 
 
 async def open_session(
-    config: IncomingConfig, connected: Connected, clock: PhaseClock, signer: Signer, memo: LetterMemo
+    config: IncomingConfig,
+    connected: Connected,
+    clock: PhaseClock,
+    signer: Signer,
+    memo: LetterMemo,
+    credentials: Credentials | None = None,
 ) -> Pop3Session:
     """TLS, greeting and login on a connected socket, in the phases IMAP uses: the implicit TLS
     handshake in mailbox_tls, the greeting in mailbox_login (with the hint about implicit-TLS ports
-    unless TLS came first), STLS and its handshake in mailbox_tls, USER/PASS in mailbox_login."""
+    unless TLS came first), STLS and its handshake in mailbox_tls, USER/PASS (or AUTH with a token)
+    in mailbox_login. Without ``credentials``, the configured password."""
     server = config.server
     implicit = server.security is Security.TLS
     context = client_context(server.tls)
@@ -253,7 +261,7 @@ async def open_session(
         if server.security is not Security.NONE:
             session.tls = tls_facts(client.ssl_object())
         async with clock.phase(Phase.MAILBOX_LOGIN, accumulate=True):
-            await _login(client, config)
+            await _login(client, login_of(server, credentials), config)
         return session
     except BaseException:
         if client is not None:
@@ -272,19 +280,23 @@ async def _start_tls(client: Pop3Client, context: ssl.SSLContext, host: str) -> 
     await client.start_tls(context, host)
 
 
-async def _capabilities(client: Pop3Client) -> set[str]:
-    """CAPA's capability names, upper case; an empty set if the server has no CAPA (RFC 1939 only)."""
+async def _capabilities(client: Pop3Client) -> dict[str, list[str]]:
+    """CAPA's capabilities, upper case, each with its arguments (SASL's mechanisms); empty if the
+    server has no CAPA (RFC 1939 only)."""
     ok, _ = await client.command("CAPA")
     if not ok:
-        return set()
+        return {}
     lines = await client.data_lines("CAPA", CAPA_LIMIT, CAPA_LINES)
-    return {line.split(b" ", 1)[0].decode("ascii", "replace").upper() for line in lines if line}
+    words = [line.decode("ascii", "replace").upper().split() for line in lines]
+    return {capability[0]: capability[1:] for capability in words if capability}
 
 
-async def _login(client: Pop3Client, config: IncomingConfig) -> None:
-    user = config.server.user or ""
-    password = config.server.password.reveal() if config.server.password is not None else ""
-    client.hide(password)
+async def _login(client: Pop3Client, credentials: Credentials, config: IncomingConfig) -> None:
+    client.hide(credentials.secret.reveal())
+    if credentials.mechanism is not None:
+        await _authenticate(client, credentials, config)
+        return
+    user, password = credentials.user, credentials.secret.reveal()
     # Check both before sending either: a bad password must not leave a half-done login behind.
     client.encode("USER", user)
     client.encode("PASS", password)
@@ -292,6 +304,24 @@ async def _login(client: Pop3Client, config: IncomingConfig) -> None:
         ok, text = await client.command(name, arg)
         if not ok:
             raise AuthFailure(f"server refused {name}: {text}")
+
+
+async def _authenticate(client: Pop3Client, credentials: Credentials, config: IncomingConfig) -> None:
+    """AUTH (RFC 5034) with the OAuth2 token: one mechanism, one attempt. A server whose CAPA lists
+    SASL mechanisms without this one is not asked at all."""
+    mechanism = credentials.mechanism
+    assert mechanism is not None
+    offered = (await _capabilities(client)).get("SASL")
+    if offered is not None and mechanism.wire not in offered:
+        raise AuthFailure(f"server does not offer AUTH {mechanism.wire} (it offers: {' '.join(offered)})")
+    server = config.server
+    message = sasl.initial_response(mechanism, credentials.user, credentials.secret.reveal(), server.host, server.port)
+    abort = sasl.encoded(sasl.abort_response(mechanism))
+    ok, text, challenge = await client.authenticate(mechanism.wire, sasl.encoded(message), abort)
+    if not ok:
+        credentials.rejected()
+        said = f" ({sasl.describe_challenge(challenge)})" if challenge is not None else ""
+        raise AuthFailure(f"AUTH {mechanism.wire} rejected{said}: {text}")
 
 
 class Pop3Mailbox:
@@ -335,9 +365,10 @@ class Pop3Mailbox:
 
 
 async def open_mailbox(
-    config: IncomingConfig, connect: Connect, clock: PhaseClock, signer: Signer, memo: LetterMemo
+    config: IncomingConfig, access: Access, clock: PhaseClock, signer: Signer, memo: LetterMemo
 ) -> Pop3Mailbox:
     async def login() -> Pop3Session:
-        return await open_session(config, await connect(), clock, signer, memo)
+        credentials = await access.credentials()
+        return await open_session(config, await access.connect(), clock, signer, memo, credentials)
 
     return Pop3Mailbox(login, await login())

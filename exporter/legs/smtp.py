@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
+from exporter.auth import sasl
+from exporter.auth.credentials import Credentials
 from exporter.clients.smtp import HandshakeTimedSMTP, translate_error
-from exporter.config.model import Security, ServerConfig
+from exporter.config.model import Security, SMTPConfig
 from exporter.net.connect import GOODBYE_SECONDS, Connected
 from exporter.net.tls import GREETING_HINT, TLSFacts, client_context, tls_facts
 from exporter.probe.clock import PhaseClock
@@ -27,7 +29,6 @@ from exporter.sanitise import server_text
 # One mechanism, chosen in this order of preference from what the server offers. aiosmtplib's
 # login() would try every mechanism after a failure: several failed logins per probe lock accounts.
 AUTH_PREFERENCE = ("plain", "login", "cram-md5")
-LOCAL_HOSTNAME = "mail-roundtrip-exporter.localhost"
 
 
 @dataclass(frozen=True)
@@ -41,30 +42,32 @@ class Receipt:
 
 
 async def send_letter(
-    config: ServerConfig,
+    config: SMTPConfig,
     connected: Connected,
     clock: PhaseClock,
     letter: bytes,
     sender: str,
     destination: str,
     before_data: Callable[[], Awaitable[None]] | None = None,
+    credentials: Credentials | None = None,
 ) -> Receipt:
     """``before_data`` runs between RCPT and DATA, outside any phase; if it raises, the session ends
-    with QUIT instead of DATA, so no letter is sent (the mailbox login failed: nobody would take it)."""
+    with QUIT instead of DATA, so no letter is sent (the mailbox login failed: nobody would take it).
+    Without ``credentials`` there is no AUTH."""
     client = HandshakeTimedSMTP(
         hostname=config.host,
         sock=connected.sock,
         use_tls=config.security is Security.TLS,
         start_tls=False,
         tls_context=client_context(config.tls),
-        local_hostname=LOCAL_HOSTNAME,
+        local_hostname=config.helo_name,
         timeout=clock.limit,
     )
     try:
         await _open(client, config, clock)
-        if config.user is not None and config.password is not None:
+        if credentials is not None:
             async with _phase(clock, Phase.SMTP_AUTH, "AUTH"):
-                await _authenticate(client, config.user, config.password.reveal())
+                await _authenticate(client, credentials, config)
         tls = tls_facts(client.get_transport_info("ssl_object"))
         reply = await _submit(client, clock, letter, sender, destination, before_data)
         return Receipt(reply, time.monotonic(), time.time(), tls)
@@ -74,7 +77,7 @@ async def send_letter(
             connected.sock.close()  # no transport took the socket over: it is still ours to close
 
 
-async def _open(client: HandshakeTimedSMTP, config: ServerConfig, clock: PhaseClock) -> None:
+async def _open(client: HandshakeTimedSMTP, config: SMTPConfig, clock: PhaseClock) -> None:
     if config.security is Security.TLS:
         start = time.monotonic()
         try:
@@ -93,25 +96,50 @@ async def _open(client: HandshakeTimedSMTP, config: ServerConfig, clock: PhaseCl
     async with _phase(clock, Phase.SMTP_GREETING, "the greeting", hint=GREETING_HINT):
         await client.connect()
         await client.ehlo()
-    if config.security is Security.STARTTLS:
+    offered = client.supports_extension("starttls")
+    if config.security is Security.STARTTLS or (config.security is Security.MAY and offered):
         async with _phase(clock, Phase.SMTP_TLS, "STARTTLS"):
-            if not client.supports_extension("starttls"):
+            if not offered:
                 raise TLSFailure("server does not offer STARTTLS")
             await client.starttls(server_hostname=config.host)
         async with _phase(clock, Phase.SMTP_GREETING, "EHLO", accumulate=True):
             await client.ehlo()
 
 
-async def _authenticate(client: aiosmtplib.SMTP, user: str, password: str) -> None:
+async def _authenticate(client: aiosmtplib.SMTP, credentials: Credentials, config: SMTPConfig) -> None:
     if not client.supports_extension("auth"):
         hint = "" if client.get_transport_info("sslcontext") else " (many servers offer AUTH only over TLS)"
         raise AuthFailure(f"server does not offer AUTH{hint}")
     offered = [m.lower() for m in client.server_auth_methods]
+    if credentials.mechanism is not None:
+        await _bearer(client, credentials, offered, config)
+        return
     mechanism = next((m for m in AUTH_PREFERENCE if m in offered), None)
     if mechanism is None:
         raise AuthFailure(f"no supported AUTH mechanism offered (server offers: {' '.join(offered)})")
     method = getattr(client, f"auth_{mechanism.replace('-', '')}")
-    await method(user, password)
+    await method(credentials.user, credentials.secret.reveal())
+
+
+async def _bearer(client: aiosmtplib.SMTP, credentials: Credentials, offered: list[str], config: SMTPConfig) -> None:
+    """AUTH with an OAuth2 token (XOAUTH2 or OAUTHBEARER), its initial response on the command line
+    (a token is at most 8 KB: the line stays within RFC 4954's 12,288 octets). A refusal comes as a
+    334 error challenge first, answered so that the server ends the exchange."""
+    mechanism = credentials.mechanism
+    assert mechanism is not None
+    if mechanism.value not in offered:
+        raise AuthFailure(f"server does not offer AUTH {mechanism.wire} (it offers: {' '.join(offered)})")
+    message = sasl.initial_response(mechanism, credentials.user, credentials.secret.reveal(), config.host, config.port)
+    reply = await client.execute_command(b"AUTH", mechanism.wire.encode(), sasl.encoded(message).encode())
+    challenge = None
+    if reply.code == 334:
+        challenge = reply.message
+        reply = await client.execute_command(sasl.encoded(sasl.abort_response(mechanism)).encode())
+    if reply.code == 235:
+        return
+    credentials.rejected()
+    said = f" ({sasl.describe_challenge(challenge)})" if challenge is not None else ""
+    raise AuthFailure(f"server rejected the token{said}: {server_text(f'{reply.code} {reply.message}')}")
 
 
 async def _submit(

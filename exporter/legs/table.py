@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable
 
 from exporter.config.model import IncomingConfig, Protocol
 from exporter.legs import imap, pop3
-from exporter.legs.mailbox import Connect, MailboxSession
+from exporter.legs.mailbox import Access, MailboxSession
 from exporter.legs.memo import LetterMemo
 from exporter.letter.token import Signer
 from exporter.probe.clock import PhaseClock
 
-Opener = Callable[[IncomingConfig, Connect, PhaseClock, Signer, LetterMemo], Awaitable[MailboxSession]]
+Opener = Callable[[IncomingConfig, Access, PhaseClock, Signer, LetterMemo], Awaitable[MailboxSession]]
 
 MAILBOX_LEGS: dict[Protocol, Opener] = {
     Protocol.IMAP: imap.open_mailbox,
@@ -24,7 +24,7 @@ MAILBOX_LEGS: dict[Protocol, Opener] = {
 
 
 async def open_mailbox(
-    config: IncomingConfig, connect: Connect, clock: PhaseClock, signer: Signer, memo: LetterMemo
+    config: IncomingConfig, access: Access, clock: PhaseClock, signer: Signer, memo: LetterMemo
 ) -> MailboxSession:
-    """An authenticated session (the opener owns the socket from ``connect`` on: it closes it on failure)."""
-    return await MAILBOX_LEGS[config.protocol](config, connect, clock, signer, memo)
+    """An authenticated session (the opener owns the socket from ``access.connect`` on: it closes it on failure)."""
+    return await MAILBOX_LEGS[config.protocol](config, access, clock, signer, memo)

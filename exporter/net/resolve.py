@@ -27,7 +27,7 @@ import ipaddress
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from exporter.config.model import DeviceConfig, DNSMode, TaskConfig
 from exporter.probe.errors import DNSFailure
 
 Servers = tuple[tuple[str, int], ...]
-CacheKey = tuple[Servers, str]
+CacheKey = tuple[Servers, str, str]  # servers, name, "A" (A and AAAA) or "MX"
 
 # RFC 6761 6.3: resolver libraries answer localhost themselves; the system resolver does it via /etc/hosts.
 LOCALHOST = ("::1", "127.0.0.1")
@@ -50,7 +50,8 @@ LOCALHOST = ("::1", "127.0.0.1")
 
 @dataclass(frozen=True)
 class Resolution:
-    """Addresses in the order to try them, and whether the answer cost this call no DNS query.
+    """Addresses in the order to try them (for an MX lookup: the MX hosts, in preference order), and
+    whether the answer cost this call no DNS query.
 
     ``cached`` is True when the answer came from the device run's cache, the TTL cache, a query that
     another task had already started for the same name (joined, not repeated), the custom hosts table,
@@ -60,9 +61,6 @@ class Resolution:
 
     addresses: tuple[str, ...]
     cached: bool = False
-
-
-Resolve = Callable[[str], Awaitable[Resolution]]
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ class ResolverCache:
         pending = self._pending.get(key)
         joined = pending is not None
         if pending is None:
-            pending = asyncio.create_task(fetch(), name=f"dns {key[1]}")
+            pending = asyncio.create_task(fetch(), name=f"dns {key[2]} {key[1]}")
             self._pending[key] = pending
             pending.add_done_callback(functools.partial(self._settle, key))
         # Shielded: one asker's phase timeout or cancellation must not cancel the query the others wait on.
@@ -198,15 +196,37 @@ class DNSResolver:
                 raise result  # a bug, not a DNS answer: the probe reports it as unexpected
         raise _failure(host, lifetime, resolver, errors)
 
+    async def lookup_mx(self, domain: str, lifetime: float) -> Answer:
+        """The MX hosts of ``domain`` in preference order (equal ones in the server's order, so a probe
+        is repeatable); none when it has no MX records (the caller falls back to the domain itself,
+        RFC 5321 5.1). A null MX (RFC 7505: the domain takes no mail) is a DNSFailure."""
+        resolver = self._get()
+        try:
+            name = dns.name.from_text(domain)
+            answer = await resolver.resolve(name, "MX", raise_on_no_answer=False, lifetime=lifetime)
+        except dns.exception.DNSException as exc:
+            raise _failure(domain, lifetime, resolver, [exc], "MX") from None
+        if answer.rrset is None:
+            return Answer((), max(0.0, answer.expiration - time.time()))  # negative caching, as long as DNS says
+        records = sorted(answer, key=lambda record: int(record.preference))
+        if any(record.exchange == dns.name.root for record in records):
+            raise DNSFailure(f"{domain}: null MX (RFC 7505): the domain accepts no mail")
+        hosts = tuple(dict.fromkeys(record.exchange.to_text(omit_final_dot=True) for record in records))
+        return Answer(hosts, answer.chaining_result.minimum_ttl)
+
 
 def _failure(
-    host: str, lifetime: float, resolver: dns.asyncresolver.Resolver, errors: list[dns.exception.DNSException]
+    host: str,
+    lifetime: float,
+    resolver: dns.asyncresolver.Resolver,
+    errors: list[dns.exception.DNSException],
+    kind: str = "A/AAAA",
 ) -> DNSFailure:
     """One readable message for both queries: NXDOMAIN wins, then the first error, then 'no records'."""
     if any(isinstance(error, dns.resolver.NXDOMAIN) for error in errors):
         return DNSFailure(f"{host}: NXDOMAIN")
     if not errors:
-        return DNSFailure(f"{host}: no A/AAAA records")
+        return DNSFailure(f"{host}: no {kind} records")
     error = errors[0]
     if isinstance(error, dns.exception.Timeout):
         servers = ", ".join(_server_text(ns) for ns in resolver.nameservers)
@@ -248,21 +268,10 @@ class DeviceRun:
             self._hosts[name] = (*self._hosts.get(name, ()), entry.address)
 
     def resolver(self, task: TaskConfig) -> Resolve:
-        mode = task.dns_mode or self.device.dns.mode
         # dns.timeout bounds each lookup; without it the dns phase's completion timeout does.
-        lifetime = self.device.dns.timeout or task.completion_timeout
+        return Resolve(self, task.dns_mode or self.device.dns.mode, self.device.dns.timeout or task.completion_timeout)
 
-        async def resolve(host: str) -> Resolution:
-            fixed = self._fixed(host, mode)
-            if fixed is not None:
-                return fixed
-            if mode is DNSMode.SYSTEM:
-                return await self._system.resolve(host)
-            return await self._lookup(_normalise(host), mode, lifetime)
-
-        return resolve
-
-    def _fixed(self, host: str, mode: DNSMode) -> Resolution | None:
+    def fixed(self, host: str, mode: DNSMode) -> Resolution | None:
         """Answers that need no query: IP literals, custom hosts (every mode), localhost (our resolver)."""
         literal = _literal(host)
         if literal is not None:
@@ -274,10 +283,42 @@ class DeviceRun:
             return Resolution(LOCALHOST, cached=True)
         return None
 
-    async def _lookup(self, name: str, mode: DNSMode, lifetime: float) -> Resolution:
-        key = (self._dns.servers, name)
+    async def lookup(self, name: str, mode: DNSMode, lifetime: float, rdtype: str = "A") -> Resolution:
+        """A/AAAA (or MX) of ``name`` by the mode's rules; the system mode asks MX of /etc/resolv.conf's
+        servers, uncached (getaddrinfo has no MX)."""
+        if mode is DNSMode.SYSTEM and rdtype == "A":
+            return await self._system.resolve(name)
+        key = (self._dns.servers, name, rdtype)
+
+        def fetch() -> Coroutine[Any, Any, Answer]:
+            return self._dns.lookup_mx(name, lifetime) if rdtype == "MX" else self._dns.lookup(name, lifetime)
+
         if mode is DNSMode.DEVICE_CACHED:
-            return await self._run_cache.get(key, lambda: self._dns.lookup(name, lifetime))
+            return await self._run_cache.get(key, fetch)
         if mode is DNSMode.TTL_CACHED:
-            return await self._ttl_cache.get(key, lambda: self._dns.lookup(name, lifetime))
-        return Resolution((await self._dns.lookup(name, lifetime)).addresses)  # non_cached, external
+            return await self._ttl_cache.get(key, fetch)
+        return Resolution((await fetch()).addresses)  # non_cached, external, system's MX
+
+
+class Resolve:
+    """A task's resolver in its device run: call it for a host's addresses, ``mx`` for a domain's MX hosts."""
+
+    def __init__(self, run: DeviceRun, mode: DNSMode, lifetime: float) -> None:
+        self._run = run
+        self._mode = mode
+        self._lifetime = lifetime
+
+    async def __call__(self, host: str) -> Resolution:
+        fixed = self._run.fixed(host, self._mode)
+        if fixed is not None:
+            return fixed
+        return await self._run.lookup(
+            host if self._mode is DNSMode.SYSTEM else _normalise(host), self._mode, self._lifetime
+        )
+
+    async def mx(self, domain: str) -> Resolution:
+        """The MX hosts of ``domain`` (none: it has no MX records). A domain that is a custom host,
+        localhost or an IP literal is its own mail host: no query."""
+        if self._run.fixed(domain, self._mode) is not None:
+            return Resolution((domain,), cached=True)
+        return await self._run.lookup(_normalise(domain), self._mode, self._lifetime, "MX")

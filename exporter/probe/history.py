@@ -90,9 +90,9 @@ def unpack(packed: Packed) -> ProbeResult:
 
 def _pack_leg(leg: LegResult) -> Packed:
     tls = (leg.tls.version, leg.tls.cipher, leg.tls.not_after) if leg.tls is not None else None
-    return (leg.address, leg.dns_cached, tls)
+    return (leg.address, leg.mx_host, leg.dns_cached, tls)
 
 
 def _unpack_leg(packed: Packed) -> LegResult:
-    address, dns_cached, tls = packed
-    return LegResult(address, dns_cached, TLSFacts(*tls) if tls is not None else None)
+    address, mx_host, dns_cached, tls = packed
+    return LegResult(address, mx_host, dns_cached, TLSFacts(*tls) if tls is not None else None)

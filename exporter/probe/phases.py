@@ -15,12 +15,14 @@ class Leg(StrEnum):
 
 
 class Phase(StrEnum):
+    SMTP_OAUTH2 = "smtp_oauth2"  # the access token: from the cache, the token endpoint or token_file
     SMTP_DNS = "smtp_dns"
     SMTP_CONNECT = "smtp_connect"
     SMTP_TLS = "smtp_tls"  # the implicit TLS handshake, or STARTTLS and its handshake
     SMTP_GREETING = "smtp_greeting"  # banner and EHLO (again after STARTTLS)
     SMTP_AUTH = "smtp_auth"
     SMTP_SUBMIT = "smtp_submit"  # MAIL, RCPT, DATA
+    MAILBOX_OAUTH2 = "mailbox_oauth2"
     MAILBOX_DNS = "mailbox_dns"
     MAILBOX_CONNECT = "mailbox_connect"
     MAILBOX_TLS = "mailbox_tls"
@@ -40,3 +42,4 @@ class Phase(StrEnum):
 
 DNS_PHASE = {Leg.SMTP: Phase.SMTP_DNS, Leg.MAILBOX: Phase.MAILBOX_DNS}
 CONNECT_PHASE = {Leg.SMTP: Phase.SMTP_CONNECT, Leg.MAILBOX: Phase.MAILBOX_CONNECT}
+OAUTH2_PHASE = {Leg.SMTP: Phase.SMTP_OAUTH2, Leg.MAILBOX: Phase.MAILBOX_OAUTH2}

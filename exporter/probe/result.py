@@ -25,6 +25,7 @@ class LegResult:
     """What one leg (SMTP out, the mailbox in) learnt about its server."""
 
     address: str | None = None  # which address of the host answered
+    mx_host: str | None = None  # in MX mode (SMTP): which MX host answered
     dns_cached: bool | None = None  # was the host's answer a cache hit (None: not looked up)
     tls: TLSFacts | None = None  # None without TLS
 

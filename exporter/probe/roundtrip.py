@@ -7,10 +7,12 @@ per-phase timings and the delivery time (SMTP server accepted the letter -> the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from exporter.auth.credentials import obtain
 from exporter.config.model import TaskConfig
 from exporter.legs import smtp
 from exporter.legs.mailbox import MailboxSession
@@ -18,7 +20,7 @@ from exporter.letter.compose import build_letter
 from exporter.letter.token import Signer, Token
 from exporter.net.resolve import Resolve
 from exporter.probe.clock import PhaseClock
-from exporter.probe.dial import dial
+from exporter.probe.dial import dial, dial_mx
 from exporter.probe.errors import ProbeError, Reason
 from exporter.probe.phases import Leg
 from exporter.probe.result import ProbeResult
@@ -123,10 +125,18 @@ async def _send(
     result: ProbeResult,
     before_data: Callable[[], Awaitable[None]],
 ) -> smtp.Receipt:
-    connected = await dial(clock, resolve, Leg.SMTP, result.smtp, task.smtp.host, task.smtp.port)
+    credentials = await obtain(task.smtp, clock, Leg.SMTP)
+    config = task.smtp
+    if config.mx:  # the host that answered is the one TLS verifies
+        host, connected = await dial_mx(clock, resolve, result.smtp, config.host, config.port)
+        config = dataclasses.replace(config, host=host)
+    else:
+        connected = await dial(clock, resolve, Leg.SMTP, result.smtp, config.host, config.port)
     letter = build_letter(token, task.sender, task.destination, device, task.name)
     note_letter(letter)
-    receipt = await smtp.send_letter(task.smtp, connected, clock, letter, task.sender, task.destination, before_data)
+    receipt = await smtp.send_letter(
+        config, connected, clock, letter, task.sender, task.destination, before_data, credentials
+    )
     result.smtp_reply = receipt.reply
     result.smtp.tls = receipt.tls
     result.accepted_wall = receipt.accepted_wall

@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from exporter.auth.credentials import Credentials, obtain
 from exporter.config.model import MAX_EMAIL_TIMEOUT, IncomingConfig, TaskConfig
-from exporter.legs.mailbox import FoundLetter, MailboxSession
+from exporter.legs.mailbox import Access, FoundLetter, MailboxSession
 from exporter.legs.memo import LetterMemo
 from exporter.legs.smtp import Receipt
 from exporter.legs.table import open_mailbox
@@ -74,7 +75,10 @@ class Mailbox:
         async def connect() -> Connected:
             return await dial(clock, resolve, Leg.MAILBOX, result.mailbox, config.server.host, config.server.port)
 
-        session = await open_mailbox(config, connect, clock, self.signer, self.memo)
+        async def credentials() -> Credentials | None:
+            return await obtain(config.server, clock, Leg.MAILBOX)
+
+        session = await open_mailbox(config, Access(credentials, connect), clock, self.signer, self.memo)
         result.mailbox.tls = session.tls
         return session
 

@@ -83,7 +83,8 @@ class Overview:
         failing = last is not None and not last.success
         rank = 0 if failing else 1 if last is None else 2
         reason = last.reason.value if last is not None and last.reason is not None else ""
-        smtp_host = info.smtp_host if info else ""
+        # In MX mode the configured host is the domain: the MX host that answered says more.
+        smtp_host = (last.smtp.mx_host if last else None) or (info.smtp_host if info else "")
         mailbox_host = info.incoming_host if info else ""
         smtp_address = last.smtp.address if last else None
         mailbox_address = last.mailbox.address if last else None

@@ -130,6 +130,7 @@ def _leg_json(leg: LegResult) -> dict[str, Any]:
     tls = leg.tls
     return {
         "address": leg.address,
+        "mx_host": leg.mx_host,
         "dns_cached": leg.dns_cached,
         "tls": None if tls is None else {"version": tls.version, "cipher": tls.cipher, "not_after": tls.not_after},
     }

@@ -141,6 +141,8 @@ def facts(result: ProbeResult) -> list[tuple[str, str]]:
 
 def _leg(leg: LegResult, now: float) -> str:
     parts = [esc(leg.address) if leg.address else '<span class="muted">not connected</span>']
+    if leg.mx_host:
+        parts.insert(0, f"MX {esc(leg.mx_host)}")
     if leg.dns_cached is not None:
         parts.append("DNS cache hit" if leg.dns_cached else "DNS looked up")
     tls = leg.tls
