@@ -34,9 +34,12 @@ class SelfCollector(Collector):
     def __init__(self, reload: ReloadStatus, shard: Shard) -> None:
         self._reload = reload
         self._shard = shard
+        # Asked once here, at start: revision() may run git, which must not happen on a scrape (the
+        # scrape runs on the event loop the probes share).
+        self._revision = revision()
 
     def collect(self) -> Iterator[Metric]:
-        yield from _self_metrics(self._reload)
+        yield from _self_metrics(self._reload, self._revision)
         yield GaugeMetricFamily(
             f"{PREFIX}_exporter_shard_ordinal", "This exporter's shard (--shard).", value=self._shard.ordinal
         )
@@ -225,13 +228,13 @@ def render_tasks(stats: Iterable[TaskStats], openmetrics: bool) -> str:
     return "".join(out)
 
 
-def _self_metrics(reload: ReloadStatus) -> Iterator[Metric]:
+def _self_metrics(reload: ReloadStatus, source_revision: str) -> Iterator[Metric]:
     info = GaugeMetricFamily(
         f"{PREFIX}_exporter_build_info",
         "Exporter version, source revision (git commit or unknown) and Python version; always 1.",
         labels=["version", "revision", "python"],
     )
-    info.add_metric([__version__, revision(), platform.python_version()], 1.0)
+    info.add_metric([__version__, source_revision, platform.python_version()], 1.0)
     yield info
     yield GaugeMetricFamily(
         f"{PREFIX}_exporter_config_last_reload_successful",
