@@ -343,7 +343,18 @@ def test_failure_reasons_in_descriptions_are_real(dashboard: dict[str, Any]) -> 
     reasons = {r.value for r in Reason}
     text = " ".join(p["description"] for p in data_panels(dashboard))
     for word in re.findall(r"\b([a-z_]+):", text):
-        if word in {"auth", "connect", "tls", "delivery_timeout", "bounced", "dns", "mailbox", "timeout", "protocol"}:
+        if word in {
+            "auth",
+            "connect",
+            "tls",
+            "delivery_timeout",
+            "smtp_rejected",
+            "junk",
+            "dns",
+            "mailbox",
+            "timeout",
+            "protocol",
+        }:
             assert word in reasons
 
 

@@ -3,7 +3,7 @@
 Unit tests of the recogniser (exporter.message.recognise) for every letter a user or a mail system
 makes of a probe letter, and real-server tests: such letters, all older than the sweep age, survive
 probes over IMAP and POP3 byte for byte while a real leftover is swept; a real Postfix bounce ends
-the probe with reason ``bounced`` and never counts as delivered.
+the probe with reason ``smtp_rejected`` (a rejection, only later) and never counts as delivered.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def test_a_bounce_is_recognised_as_a_bounce_never_as_the_letter(returned: str) -
     assert is_delivery_report(header_block(raw))
     found = recognise(SIGNER, raw)
     assert found is not None and found.token == token
-    assert found.bounce == "smtp; 550 5.1.1 User doesn't exist"
+    assert found.bounce == "status 5.1.1: smtp; 550 5.1.1 User doesn't exist"
     assert recognise(SIGNER, header_block(raw)) is None  # the header block alone proves nothing
 
 
@@ -156,9 +156,9 @@ async def test_user_letters_survive_the_sweep_byte_for_byte(rig: MailRig, mailbo
 
 
 @pytest.mark.parametrize("mailbox", ["imaps", "pop3s"])
-async def test_a_real_bounce_ends_the_probe_as_bounced(rig: MailRig, mailbox: str) -> None:
+async def test_a_real_bounce_ends_the_probe_as_smtp_rejected(rig: MailRig, mailbox: str) -> None:
     """Postfix accepts the recipient, Dovecot's LMTP refuses it: Postfix's own DSN comes back to the
-    envelope sender, the watched mailbox. The probe ends with ``bounced`` at once (long before the
+    envelope sender, the watched mailbox. The probe ends with ``smtp_rejected`` at once (long before the
     email timeout), counts nothing as delivered or late, and deletes the bounce."""
     watched = f"safety-bounce-{mailbox}"
     rig.add_users([watched])
@@ -167,8 +167,9 @@ async def test_a_real_bounce_ends_the_probe_as_bounced(rig: MailRig, mailbox: st
     task = task_dict(rig, watched, mailbox=mailbox, destination=gone, sender=rig.address(watched), email_timeout="60s")
     box = Mailbox(task_of(task).incoming, SIGNER)
     result = await probe_once(task, box)
-    assert not result.success and result.reason is Reason.BOUNCED, result.error
-    assert result.error is not None and "5.1.1" in result.error and "doesn't exist" in result.error
+    assert not result.success and result.reason is Reason.SMTP_REJECTED, result.error
+    assert result.error is not None and "bounced: status 5.1.1: smtp; 550" in result.error, result.error
+    assert "doesn't exist" in result.error
     assert result.failed_phase == "mailbox_search"
     assert result.delivery_seconds is None and box.late == {}
     assert rig.messages(watched) == []  # the bounce was provably of our letter: deleted

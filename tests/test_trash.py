@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter.clients.imap4 import reply_of
-from exporter.legs.trash import trash_folder
+from exporter.legs.folders import special_use
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Phase
 from tests.rig import MailRig
@@ -72,7 +72,8 @@ async def test_letters_go_through_the_trash(
     (binned,) = letters(rig, user, ".Trash")  # and from the Trash: only the reader's letter is left
     assert b"binned by its reader" in binned.read_bytes()
     commands = [line.partition(" ")[2] for line in said(caplog)]  # without the tags
-    listed = commands.index('LIST (SPECIAL-USE) "" "*"')
+    # The last LIST looks for the Trash (the first ones, at the first look, for a junk folder).
+    listed = max(at for at, command in enumerate(commands) if command == 'LIST (SPECIAL-USE) "" "*"')
     moved, select, store, expunge, back = commands[listed + 1 : listed + 6]
     copied = re.fullmatch(r"UID STORE (\d+) \+FLAGS.SILENT \(\\Deleted\)", store)  # the UID COPYUID named
     assert re.fullmatch(r'UID MOVE \d+ "Trash"', moved) and select == 'SELECT "Trash"', commands
@@ -85,6 +86,7 @@ async def test_cleanup_delete_overrides_gmail(rig: MailRig, caplog: pytest.LogCa
     caplog.set_level(logging.DEBUG, logger="exporter.transcript")
     task = task_dict(rig, user, mailbox="imaps")
     task["incoming"]["cleanup"] = "delete"
+    task["incoming"]["junk_folders"] = []  # no LIST for a junk folder either
     result = await probe_once(task)
     assert result.success, result.error
     assert letters(rig, user) == [] and len(letters(rig, user, ".Trash")) == 1
@@ -111,4 +113,4 @@ async def test_without_a_trash_folder_the_letter_stays(rig: MailRig) -> None:
     ],
 )
 def test_the_trash_folder_in_a_list_reply(lines: list[bytes | bytearray], expected: str | None) -> None:
-    assert trash_folder(reply_of(True, [*lines, b"List completed"])) == expected
+    assert special_use(reply_of(True, [*lines, b"List completed"]), "\\Trash") == expected

@@ -283,6 +283,13 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
     async def select(self, mailbox: str) -> Reply:
         return await self._reply("SELECT", self.protocol.select(quoted(mailbox)))
 
+    async def examine(self, mailbox: str) -> Reply:
+        """SELECT read-only (the session stays in the selected state for aioimaplib)."""
+        return await self._reply("EXAMINE", self.protocol.simple_command("EXAMINE", quoted(mailbox)))
+
+    async def status(self, mailbox: str, items: str) -> Reply:
+        return await self._reply("STATUS", self.protocol.simple_command("STATUS", quoted(mailbox), items))
+
     async def noop(self) -> Reply:
         return await self._reply("NOOP", self.protocol.simple_command("NOOP"))
 
@@ -310,8 +317,16 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
         """The mailboxes with their attributes, RFC 6154's special uses among them: only those with a
         special use where the server has LIST-EXTENDED (RFC 5258), else every mailbox (a server may
         name special uses in a plain LIST too)."""
-        selection = ["(SPECIAL-USE)"] if {"SPECIAL-USE", "LIST-EXTENDED"} <= self.capabilities else []
+        selection = ["(SPECIAL-USE)"] if self.lists_special_use_only else []
         return await self._reply("LIST", self.protocol.simple_command("LIST", *selection, quoted(""), quoted("*")))
+
+    @property
+    def lists_special_use_only(self) -> bool:
+        """Does list_special_use() list only the mailboxes with a special use?"""
+        return {"SPECIAL-USE", "LIST-EXTENDED"} <= self.capabilities
+
+    async def list_all(self) -> Reply:
+        return await self._reply("LIST", self.protocol.simple_command("LIST", quoted(""), quoted("*")))
 
     async def idle_for(self, seconds: float) -> None:
         """IDLE until the server pushes news or ``seconds`` pass, then DONE."""

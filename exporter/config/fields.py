@@ -156,6 +156,27 @@ def as_mailbox(value: object) -> str:
     return text
 
 
+def as_authserv_id(value: object) -> str:
+    """An authserv-id (RFC 8601: usually the receiving host's name): printable ASCII without blanks."""
+    text = _at_most(as_string(value), MAX_HELO_NAME)
+    if not text or not all("!" <= c <= "~" for c in text):
+        raise ValueError(f"{shown(text)} is not an authserv-id (printable ASCII without blanks)")
+    return text
+
+
+def list_of(convert: Callable[[object], T], limit: int) -> Callable[[object], tuple[T, ...]]:
+    """A list of at most ``limit`` values, each converted; an empty list is allowed (it turns off)."""
+
+    def converted(value: object) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list, got {kind_of(value)}")
+        if len(value) > limit:
+            raise ValueError(f"at most {limit} entries, got {len(value)}")
+        return tuple(convert(item) for item in value)
+
+    return converted
+
+
 def as_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value

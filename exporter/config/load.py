@@ -13,6 +13,7 @@ from pathlib import Path
 from exporter.config.fields import (
     Node,
     as_address,
+    as_authserv_id,
     as_bool,
     as_helo_name,
     as_host,
@@ -28,6 +29,7 @@ from exporter.config.fields import (
     default_helo_name,
     duration,
     enum_choice,
+    list_of,
     shown,
     split_host_port,
 )
@@ -36,12 +38,14 @@ from exporter.config.model import (
     DEFAULT_COMPLETION_TIMEOUT,
     DEFAULT_EMAIL_TIMEOUT,
     DEFAULT_INTERVAL,
+    DEFAULT_JUNK_FOLDERS,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_POLL_INTERVAL,
     DNS_TIMEOUT_BOUNDS,
     EMAIL_TIMEOUT_BOUNDS,
     INTERVAL_BOUNDS,
     MAX_INCLUDED_FILES,
+    MAX_NAMES,
     MAX_PASSWORD_FILE_BYTES,
     MAX_TASKS,
     POLL_INTERVAL_BOUNDS,
@@ -186,7 +190,12 @@ def _incoming(node: Node, reading: Reading) -> IncomingConfig:
         mailbox=mailbox,
         poll_interval=node.get("poll_interval", duration("s", POLL_INTERVAL_BOUNDS), DEFAULT_POLL_INTERVAL),
         cleanup=node.get("cleanup", enum_choice(Cleanup), None),
+        junk_folders=node.get("junk_folders", list_of(as_mailbox, MAX_NAMES), DEFAULT_JUNK_FOLDERS),
+        junk_is_failure=node.get("junk_is_failure", as_bool, True),
+        authserv_ids=node.get("authserv_ids", list_of(as_authserv_id, MAX_NAMES), ()),
     )
+    if protocol is Protocol.POP3 and node.has("junk_folders") and incoming.junk_folders:
+        raise node.error("POP3 sees only the INBOX, no junk folder; remove junk_folders", "junk_folders")
     if protocol is Protocol.POP3 and incoming.cleanup is Cleanup.TRASH:
         raise node.error("POP3 has no folders to move a letter to; remove cleanup", "cleanup")
     node.finish()

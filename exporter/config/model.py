@@ -20,6 +20,10 @@ DEFAULT_POLL_INTERVAL = 5.0
 
 DEFAULT_MAX_IN_FLIGHT = 3
 
+# Where servers file spam when they do not mark the folder \Junk (RFC 6154): Dovecot and most
+# others, Exchange and Microsoft 365, other mail programs, Gmail (which does mark it), Courier.
+DEFAULT_JUNK_FOLDERS = ("Junk", "Junk E-mail", "Junk Email", "Spam", "[Gmail]/Spam", "INBOX.Junk", "INBOX.Spam")
+
 
 # Bounds (README: Configuration, Bounds). Durations in seconds, (shortest, longest).
 INTERVAL_BOUNDS = (1.0, 86400.0)
@@ -55,6 +59,8 @@ MAX_ACCESS_TOKEN = 8192  # so that an SMTP AUTH line with it stays within RFC 49
 MAX_SCOPE = 1024
 
 MAX_HELO_NAME = 253
+
+MAX_NAMES = 16  # junk_folders, authserv_ids
 
 
 # Files: every read is capped (exporter.files); the YAML of a config is bounded after parsing too.
@@ -209,6 +215,11 @@ class IncomingConfig:
     mailbox: str = "INBOX"
     poll_interval: float = DEFAULT_POLL_INTERVAL
     cleanup: Cleanup | None = None  # None: delete, or trash where the server is Gmail (X-GM-EXT-1)
+    # IMAP: besides the mailbox, the folder with the \Junk special use, else the first of these names
+    # the account has, is searched at each poll; () turns the check off.
+    junk_folders: tuple[str, ...] = DEFAULT_JUNK_FOLDERS
+    junk_is_failure: bool = True  # a letter found in the junk folder fails the probe (reason junk)
+    authserv_ids: tuple[str, ...] = ()  # whose Authentication-Results to trust; (): the topmost one
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from exporter import __version__
 from exporter.build import revision
 from exporter.config.model import Labels
 from exporter.exposition.stats import DELIVERY_BUCKETS, Histogram, ReloadStatus, TaskInfo, TaskStats
+from exporter.letter.arrival import Arrival, Placement
+from exporter.letter.hops import slowest
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Leg, Phase
 from exporter.probe.result import ProbeResult
@@ -139,6 +141,24 @@ def _families() -> dict[str, _Family]:
                 "Not-after time of the server certificate, per leg (smtp, mailbox), also over STARTTLS.",
             ),
             family("tls_info", "gauge", "The last TLS session of each leg: its protocol version and cipher; always 1."),
+            family(
+                "letter_placement",
+                "gauge",
+                "Where the last letter found was: 1 for its folder (inbox: the configured mailbox; junk).",
+            ),
+            family(
+                "authentication_result",
+                "gauge",
+                "The receiving side's Authentication-Results for the last letter found: 1 per method (spf, dkim, "
+                "dmarc, arc) with its result; absent for a method the trusted header does not report.",
+            ),
+            family("spam_score", "gauge", "The spam score a filter gave the last letter found (rspamd, SpamAssassin)."),
+            family("received_hops", "gauge", "How many Received header fields the last letter found carries."),
+            family(
+                "slowest_hop_seconds",
+                "gauge",
+                "The longest delay between two Received fields of the last letter found (by the servers' clocks).",
+            ),
         )
     }
 
@@ -174,6 +194,21 @@ def _add_task(f: dict[str, list[str]], s: TaskStats) -> None:
             f["tls_certificate_not_after_timestamp_seconds"].append(f'{{{key},leg="{leg}"}} {n(tls.not_after)}')
         version, cipher = _escape(tls.version), _escape(tls.cipher)
         f["tls_info"].append(f'{{{key},leg="{leg}",version="{version}",cipher="{cipher}"}} 1')
+    if s.arrival is not None:
+        _add_arrival(f, key, s.arrival)
+
+
+def _add_arrival(f: dict[str, list[str]], key: str, arrival: Arrival) -> None:
+    for placement in Placement:
+        f["letter_placement"].append(f'{{{key},placement="{placement}"}} {1 if placement is arrival.placement else 0}')
+    for method, result in arrival.authentication:
+        f["authentication_result"].append(f'{{{key},method="{method}",result="{result}"}} 1')
+    if arrival.spam_score is not None:
+        f["spam_score"].append(f"{{{key}}} {_number(arrival.spam_score)}")
+    f["received_hops"].append(f"{{{key}}} {len(arrival.hops)}")
+    hop = slowest(arrival.hops)
+    if hop is not None and hop.delay is not None:
+        f["slowest_hop_seconds"].append(f"{{{key}}} {_number(hop.delay)}")
 
 
 def _info_labels(info: TaskInfo) -> str:

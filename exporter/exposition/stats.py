@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from exporter.config.model import Labels
+from exporter.letter.arrival import Arrival
 from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.history import ProbeHistory
@@ -73,6 +74,7 @@ class TaskStats:
     skipped: int = 0
     in_flight: int = 0
     last_success: float | None = None
+    arrival: Arrival | None = None  # how the last letter found arrived (a later failed probe keeps it)
     dns_lookups: Counter[tuple[Leg, bool]] = field(default_factory=Counter)  # (leg, cache hit)
     tls: dict[Leg, TLSFacts] = field(default_factory=dict)  # the last TLS session of each leg
     history: ProbeHistory = field(default_factory=ProbeHistory, repr=False)  # for the console, not the metrics
@@ -98,6 +100,8 @@ class TaskStats:
         if result.delivery_seconds is not None:
             self.delivery.observe(result.delivery_seconds)
         self.swept += result.swept
+        if result.arrival is not None:
+            self.arrival = result.arrival
         for leg, facts in result.legs().items():
             if facts.dns_cached is not None:
                 self.dns_lookups[(leg, facts.dns_cached)] += 1

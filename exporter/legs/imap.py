@@ -7,17 +7,22 @@ one module that knows aioimaplib.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from email.utils import parsedate_to_datetime
 
 from exporter.auth import sasl
 from exporter.auth.credentials import Credentials, login_of
 from exporter.clients.imap4 import Imap4Client, Reply, quoted
 from exporter.config.model import Cleanup, IncomingConfig, Security
+from exporter.legs.folders import special_use
+from exporter.legs.junk import folder_state, junk_memo, junk_state
 from exporter.legs.mailbox import EXAMINE_BATCH, Access, FoundLetter, wanted
-from exporter.legs.memo import LetterMemo
-from exporter.legs.trash import cleanup_of, move_to_trash, trash_folder
+from exporter.legs.memo import JunkMemo, LetterMemo
+from exporter.legs.trash import cleanup_of, move_to_trash
+from exporter.letter.arrival import ARRIVAL_HEADER_BYTES, Placement
 from exporter.letter.compose import HEADER
 from exporter.letter.recognise import BOUNCE_BYTES, RECOGNISED_FIELDS, Recognised, is_delivery_report, recognise
 from exporter.letter.token import TOKEN_PREFIX, Signer
@@ -32,6 +37,7 @@ from exporter.probe.phases import Phase
 HEADER_BYTES = 4096
 _FIELDS = " ".join(RECOGNISED_FIELDS).upper()
 _FETCH_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({_FIELDS})]<0.{HEADER_BYTES}>)"
+_HEADER_ITEMS = f"(UID BODY.PEEK[HEADER]<0.{ARRIVAL_HEADER_BYTES}>)"
 _BOUNCE_ITEMS = f"(UID INTERNALDATE BODY.PEEK[]<0.{BOUNCE_BYTES}>)"  # a bounce's returned headers are in its body
 # The sweep looks for letters that carry our own header with a token in it (and bounces that quote
 # one), not at Subjects: a sender can put "mrt-" into any number of Subjects.
@@ -61,6 +67,8 @@ class ImapSession:
         self.address = address
         self.tls: TLSFacts | None = None
         self._trash_name: str | None = None
+        # What the junk folder looked like when this session last searched it, and for which tokens.
+        self._junk_seen: tuple[tuple[bytes, ...], frozenset[str]] | None = None
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
         # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
@@ -70,13 +78,54 @@ class ImapSession:
             criteria = _letter_or_bounce(sorted(tokens))
         else:
             return []
+        letters = await self._find_here(criteria, tokens, sweep_before, self._memo)
+        if letters and sweep_before is None:
+            return letters  # found in the mailbox itself: the junk folder can wait for the next look
+        return letters + await self._find_in_junk(criteria, tokens, sweep_before)
+
+    async def _find_here(
+        self, criteria: list[str], tokens: Collection[str], sweep_before: float | None, memo: LetterMemo
+    ) -> list[FoundLetter]:
+        """In the selected folder, whose letters ``memo`` knows."""
         uids = await self._search(criteria)
-        known = [FoundLetter(ours.token, uid, bounce=ours.bounce) for uid in uids if (ours := self._memo.ours(uid))]
-        unknown = [uid for uid in uids if uid not in self._memo][-EXAMINE_BATCH:]  # the newest
-        letters = known + (await self._fetch(unknown) if unknown else [])
+        known = [FoundLetter(ours.token, uid, bounce=ours.bounce) for uid in uids if (ours := memo.ours(uid))]
+        unknown = [uid for uid in uids if uid not in memo][-EXAMINE_BATCH:]  # the newest
+        letters = known + (await self._fetch(unknown, memo) if unknown else [])
         return [letter for letter in letters if wanted(letter.token, tokens, sweep_before)]
 
-    async def _fetch(self, uids: list[str]) -> list[FoundLetter]:
+    async def _find_in_junk(
+        self, criteria: list[str], tokens: Collection[str], sweep_before: float | None
+    ) -> list[FoundLetter]:
+        """The same search in the junk folder, unless STATUS shows that no letter came in there since
+        this session last searched it for these tokens."""
+        junk = await junk_memo(self._client, self._config, self._memo)
+        if junk is None:
+            return []
+        if sweep_before is None and self._junk_seen is not None and set(tokens) <= self._junk_seen[1]:
+            assert junk.name is not None
+            if await junk_state(self._client, junk.name) == self._junk_seen[0]:
+                return []
+        async with self._in_folder(junk, readonly=True) as opened:
+            letters = await self._find_here(criteria, tokens, sweep_before, junk.letters)
+        self._junk_seen = (folder_state(opened), frozenset(tokens))
+        return [dataclasses.replace(letter, placement=Placement.JUNK) for letter in letters]
+
+    @contextlib.asynccontextmanager
+    async def _in_folder(self, junk: JunkMemo, readonly: bool) -> AsyncIterator[Reply]:
+        """With the junk folder selected (read-only to search it), then the configured mailbox again.
+        After a failure the session ends anyway: it is not selected back."""
+        name, client = junk.name, self._client
+        assert name is not None
+        opened = await (client.examine(name) if readonly else client.select(name))
+        if not opened.ok:
+            self._memo.junk = None  # renamed or removed: looked for again by the next probe
+            command = "EXAMINE" if readonly else "SELECT"
+            raise MailboxFailure(f"{command} {name!r} (the junk folder) failed: {opened.text()}")
+        junk.letters.renew(uid_validity(opened))
+        yield opened
+        self._checked(f"SELECT {self._config.mailbox!r}", await client.select(self._config.mailbox))
+
+    async def _fetch(self, uids: list[str], memo: LetterMemo) -> list[FoundLetter]:
         """The letters of ours among ``uids``; what each one is, the memo keeps (see LetterMemo)."""
         reply = self._checked("UID FETCH", await self._client.uid_fetch(",".join(uids), _FETCH_ITEMS))
         fetched = dict(fetch_responses(reply))
@@ -85,7 +134,7 @@ class ImapSession:
         letters = []
         for uid, (line, headers) in fetched.items():
             ours = bounces.get(uid) if uid in reports else self._recognise(headers)
-            self._memo.remember(uid, ours)
+            memo.remember(uid, ours)
             if ours is not None:
                 letters.append(FoundLetter(ours.token, uid, internaldate(line), ours.bounce))
         return letters
@@ -101,15 +150,24 @@ class ImapSession:
         return recognise(self._signer, headers)
 
     async def delete(self, letters: Collection[FoundLetter]) -> None:
-        if not letters:
-            return
+        here = [letter for letter in letters if letter.placement is Placement.INBOX]
+        in_junk = [letter for letter in letters if letter.placement is Placement.JUNK]
+        if here:
+            await self._delete_in(self._config.mailbox, self._memo, here)
+        junk = self._memo.junk
+        if in_junk and junk is not None and junk.name is not None:
+            async with self._in_folder(junk, readonly=False):
+                await self._delete_in(junk.name, junk.letters, in_junk)
+
+    async def _delete_in(self, mailbox: str, memo: LetterMemo, letters: Collection[FoundLetter]) -> None:
+        """Delete these letters of the selected ``mailbox``."""
         uid_set = ",".join(letter.ref for letter in letters)
-        self._memo.forget([letter.ref for letter in letters])
+        memo.forget([letter.ref for letter in letters])
         client = self._client
         if cleanup_of(self._config.cleanup, client.capabilities) is Cleanup.TRASH:
             trash = await self._trash()
-            if trash != self._config.mailbox:  # a probe that reads the Trash itself deletes in place
-                await move_to_trash(client, uid_set, self._config.mailbox, trash)
+            if trash != mailbox:  # a probe that reads the Trash itself deletes in place
+                await move_to_trash(client, uid_set, mailbox, trash)
                 return
         self._checked("UID STORE", await client.uid_store(uid_set, r"(\Deleted)"))
         # Without UIDPLUS a plain EXPUNGE would also remove letters someone else marked \Deleted:
@@ -117,10 +175,21 @@ class ImapSession:
         if "UIDPLUS" in client.capabilities:
             self._checked("UID EXPUNGE", await client.uid_expunge(uid_set))
 
+    async def header_block(self, letter: FoundLetter) -> bytes | None:
+        junk = self._memo.junk
+        if letter.placement is Placement.JUNK and junk is not None:
+            async with self._in_folder(junk, readonly=True):
+                return await self._header_block(letter.ref)
+        return await self._header_block(letter.ref)
+
+    async def _header_block(self, uid: str) -> bytes | None:
+        reply = await self._client.uid_fetch(uid, _HEADER_ITEMS)
+        return next((block for ref, (_, block) in fetch_responses(reply) if ref == uid), None) if reply.ok else None
+
     async def _trash(self) -> str:
         """The \\Trash folder's name, asked once per session."""
         if self._trash_name is None:
-            self._trash_name = trash_folder(self._checked("LIST", await self._client.list_special_use()))
+            self._trash_name = special_use(self._checked("LIST", await self._client.list_special_use()), "\\Trash")
             if self._trash_name is None:
                 raise MailboxFailure("no folder has the \\Trash special use (RFC 6154): the letter stays")
         return self._trash_name
@@ -243,6 +312,11 @@ async def _login(client: Imap4Client, config: IncomingConfig, credentials: Crede
     reply = await client.select(config.mailbox)
     if not reply.ok:
         raise MailboxFailure(f"SELECT {config.mailbox!r} failed: {reply.text()}")
+    return uid_validity(reply)
+
+
+def uid_validity(reply: Reply) -> str | None:
+    """The UIDVALIDITY a SELECT or EXAMINE reply gives (None if the server did not say)."""
     validity = (_UIDVALIDITY.search(line) for line in reply.lines)
     return next((match.group(1).decode() for match in validity if match is not None), None)
 

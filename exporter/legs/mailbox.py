@@ -6,10 +6,11 @@ protocol; the probe only talks to this interface.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter.auth.credentials import Credentials
+from exporter.letter.arrival import Placement
 from exporter.letter.token import Token
 from exporter.net.connect import Connected
 from exporter.net.tls import TLSFacts
@@ -44,6 +45,9 @@ class FoundLetter:
     ref: str  # IMAP UID or POP3 UIDL: stable across sessions
     server_time: float | None = None  # the server's arrival time (INTERNALDATE, Received), Unix time
     bounce: str | None = None  # set when this is a bounce (DSN) of the letter: the server's diagnostic
+    placement: Placement = Placement.INBOX  # the folder it is in
+    # Its header block where the search read it whole (POP3's TOP); IMAP reads it in header_block().
+    headers: bytes | None = field(default=None, compare=False, repr=False)
 
 
 class MailboxSession(Protocol):
@@ -64,6 +68,11 @@ class MailboxSession(Protocol):
 
     async def delete(self, letters: Collection[FoundLetter]) -> None:
         """Delete exactly these letters (and nothing else)."""
+        ...
+
+    async def header_block(self, letter: FoundLetter) -> bytes | None:
+        """The found letter's whole header block (at most ARRIVAL_HEADER_BYTES), to see how it arrived;
+        None if the server would not give it."""
         ...
 
     async def pause(self, seconds: float) -> None:

@@ -21,6 +21,7 @@ class LetterMemo:
 
     letters: dict[str, Recognised | None] = field(default_factory=dict)
     validity: str | None = None
+    junk: JunkMemo | None = None  # IMAP: the account's junk folder, once looked for (legs.junk)
 
     def __contains__(self, ref: str) -> bool:
         return ref in self.letters
@@ -46,3 +47,13 @@ class LetterMemo:
         if validity != self.validity:
             self.letters.clear()
             self.validity = validity
+
+
+@dataclass
+class JunkMemo:
+    """What earlier sessions learnt of the account's junk folder: its name (None: it has none), when
+    that was found (monotonic time), and its letters (UIDs there are the junk folder's own)."""
+
+    name: str | None
+    found_at: float
+    letters: LetterMemo = field(default_factory=LetterMemo)

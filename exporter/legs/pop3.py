@@ -18,9 +18,7 @@ import re
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterator
-from datetime import UTC
 from email.parser import BytesHeaderParser
-from email.utils import parsedate_to_datetime
 
 from exporter.auth import sasl
 from exporter.auth.credentials import Credentials, login_of
@@ -28,6 +26,7 @@ from exporter.clients.pop3 import Pop3Client
 from exporter.config.model import IncomingConfig, Security
 from exporter.legs.mailbox import EXAMINE_BATCH, Access, FoundLetter, wanted
 from exporter.legs.memo import LetterMemo
+from exporter.letter.fields import field_date
 from exporter.letter.recognise import BOUNCE_BYTES, Recognised, is_delivery_report, recognise
 from exporter.letter.token import Signer
 from exporter.net.connect import GOODBYE_SECONDS, Connected
@@ -195,7 +194,7 @@ class Pop3Session:
             # sweep: remember which, so that its headers need not be read again.
             self.memo.remember(uidl, ours)
             return None
-        return FoundLetter(ours.token, uidl, received_time(headers), ours.bounce)
+        return FoundLetter(ours.token, uidl, received_time(headers), ours.bounce, headers=headers)
 
     async def _bounce(self, number: int) -> Recognised | None:
         """Read the start of a possible bounce (its returned headers are in the body) and check it."""
@@ -219,15 +218,7 @@ def _wanted_ours(ours: Recognised | None, tokens: Collection[str], sweep_before:
 def received_time(headers: bytes) -> float | None:
     """The date of the topmost Received header (the last hop: our server's arrival time)."""
     received = BytesHeaderParser().parsebytes(headers).get_all("Received") or []
-    if not received:
-        return None
-    date = str(received[0]).rpartition(";")[2].strip()
-    try:
-        when = parsedate_to_datetime(date)
-        # "-0000" (time zone unknown) parses as naive: take it as UTC, not as our local time.
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    return field_date(str(received[0]).rpartition(";")[2]) if received else None
 
 
 async def open_session(
@@ -347,6 +338,9 @@ class Pop3Mailbox:
 
     async def delete(self, letters: Collection[FoundLetter]) -> None:
         await self._current().delete(letters)
+
+    async def header_block(self, letter: FoundLetter) -> bytes | None:
+        return letter.headers  # TOP read it whole when the letter was found
 
     async def pause(self, seconds: float) -> None:
         await self.close()

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import re
 
-from exporter.clients.imap4 import Imap4Client, Reply
+from exporter.clients.imap4 import Imap4Client
 from exporter.config.model import Cleanup
 
 GMAIL = "X-GM-EXT-1"
-# A LIST response without its "* LIST" (as Reply gives it): (attributes) delimiter name
-_LIST = re.compile(rb'^\(([^)]*)\) (?:NIL|"(?:[^"\\]|\\.)*"|\S+) (.+)$', re.IGNORECASE)
-_QUOTED = re.compile(rb'^"((?:[^"\\]|\\.)*)"$')
-_LITERAL = re.compile(rb"^\{\d+\}$")
 _COPYUID = re.compile(rb"\[COPYUID \d+ [0-9:,]+ ([0-9:,]+)\]", re.IGNORECASE)
 
 
@@ -29,21 +25,6 @@ def cleanup_of(configured: Cleanup | None, capabilities: set[str]) -> Cleanup:
     if configured is not None:
         return configured
     return Cleanup.TRASH if GMAIL in capabilities else Cleanup.DELETE
-
-
-def trash_folder(reply: Reply) -> str | None:
-    """The name of the mailbox whose LIST attributes hold \\Trash (quoted, atom or literal name)."""
-    for line, after in reply.pairs:
-        match = _LIST.match(line)
-        if match is None or b"\\trash" not in match.group(1).lower().split():
-            continue
-        name = match.group(2).strip()
-        if _LITERAL.match(name):
-            name = after
-        elif quoted := _QUOTED.match(name):
-            name = re.sub(rb"\\(.)", rb"\1", quoted.group(1))
-        return name.decode("utf-8", "replace")  # modified UTF-7 (RFC 3501 5.1.3) is ASCII
-    return None
 
 
 async def move_to_trash(client: Imap4Client, uid_set: str, mailbox: str, trash: str) -> None:

@@ -41,7 +41,9 @@ class Recognised:
     """A letter that is provably ours: the probe letter of ``token``, or a bounce of it."""
 
     token: Token
-    bounce: str | None = None  # for a bounce (DSN): the reporting server's diagnostic, printable
+    bounce: str | None = (
+        None  # for a bounce (DSN): its status and diagnostic ("status 5.1.1: smtp; 550 ..."), printable
+    )
 
 
 def recognise(signer: Signer, raw: bytes) -> Recognised | None:
@@ -82,8 +84,9 @@ def bounce_of(signer: Signer, report: Message) -> Recognised | None:
     token = _own_letter(signer, returned[0])
     if token is None:
         return None
-    diagnostic = failure.get("Diagnostic-Code") or f"status {failure.get('Status', 'unknown')}"
-    return Recognised(token, bounce=server_text(str(diagnostic)))
+    status, diagnostic = failure.get("Status"), failure.get("Diagnostic-Code")
+    said = f"status {status or 'unknown'}" + (f": {diagnostic}" if diagnostic else "")
+    return Recognised(token, bounce=server_text(said))
 
 
 def _own_letter(signer: Signer, headers: Message) -> Token | None:

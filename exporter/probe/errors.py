@@ -19,12 +19,13 @@ class Reason(StrEnum):
     CONNECT = "connect"  # TCP connection refused, unreachable or timed out
     TLS = "tls"  # handshake failed, certificate untrusted/expired/wrong name, STARTTLS missing
     AUTH = "auth"  # the server rejected the credentials (SMTP AUTH, IMAP LOGIN, POP3 USER/PASS)
-    SMTP_REJECTED = "smtp_rejected"  # the SMTP server refused sender, recipient or data
+    # the SMTP server refused sender, recipient or data, or a bounce (DSN) of the letter came back
+    SMTP_REJECTED = "smtp_rejected"
     MAILBOX = "mailbox"  # the mailbox server refused an operation (select, search, delete)
     TIMEOUT = "timeout"  # a connected server did not answer within the completion timeout
     PROTOCOL = "protocol"  # garbage, an unexpected reply or a dropped connection
     DELIVERY_TIMEOUT = "delivery_timeout"  # the letter was sent but not found within the email timeout
-    BOUNCED = "bounced"  # a bounce (DSN) of the letter came back instead of the letter
+    JUNK = "junk"  # the letter arrived, in the junk folder (with junk_is_failure, the default)
 
 
 class ProbeError(Exception):
@@ -79,5 +80,5 @@ class DeliveryTimeout(ProbeError):
     reason = Reason.DELIVERY_TIMEOUT
 
 
-class Bounced(ProbeError):
-    reason = Reason.BOUNCED
+class FiledAsJunk(ProbeError):
+    reason = Reason.JUNK

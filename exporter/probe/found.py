@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from exporter.legs.mailbox import FoundLetter
 from exporter.letter.token import Token
-from exporter.probe.errors import Bounced
+from exporter.probe.errors import SMTPRejected
 from exporter.probe.phases import Phase
 
 
@@ -27,10 +27,10 @@ class SortedLetters:
         return [*self.mine, *self.late, *self.swept, *self.bounces]
 
     def raise_if_bounced(self, token: Token) -> None:
-        """End the probe when ``token``'s letter bounced."""
+        """End the probe when ``token``'s letter bounced: a rejection, only later than in the SMTP session."""
         own = next((bounce for bounce in self.bounces if bounce.token.value == token.value), None)
         if own is not None:
-            raise Bounced(f"the letter bounced: {own.bounce}", phase=Phase.MAILBOX_SEARCH)
+            raise SMTPRejected(f"the letter bounced: {own.bounce}", phase=Phase.MAILBOX_SEARCH)
 
 
 def sort_found(found: Sequence[FoundLetter], token: str | None, late: Collection[str]) -> SortedLetters:

@@ -28,6 +28,7 @@ class Phase(StrEnum):
     MAILBOX_TLS = "mailbox_tls"
     MAILBOX_LOGIN = "mailbox_login"  # greeting, login, SELECT
     MAILBOX_SEARCH = "mailbox_search"  # the look that found the letter (or the last one)
+    MAILBOX_HEADERS = "mailbox_headers"  # the found letter's header block: where and how it arrived
     MAILBOX_DELETE = "mailbox_delete"
     MAILBOX_SWEEP = "mailbox_sweep"  # late letters and leftovers, never inside delivery time
 

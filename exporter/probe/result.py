@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.letter.arrival import Arrival
 from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Leg, Phase
@@ -50,6 +51,7 @@ class ProbeResult:
     accepted_wall: float | None = None
     accepted_offset: float | None = None  # seconds after the probe began that SMTP accepted the letter
     swept: int = 0  # leftover letters of earlier runs this probe deleted
+    arrival: Arrival | None = None  # where and how the letter arrived, once found
     finished: float = 0.0
     # What the probe said and heard (redacted); the console keeps it only for the last probe, the last
     # failed one and a Probe now, so it is left out of the repr (log lines, tracebacks).

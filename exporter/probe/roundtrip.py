@@ -16,13 +16,14 @@ from exporter.auth.credentials import obtain
 from exporter.config.model import TaskConfig
 from exporter.legs import smtp
 from exporter.legs.mailbox import MailboxSession
+from exporter.letter.arrival import Placement
 from exporter.letter.compose import build_letter
 from exporter.letter.token import Signer, Token
 from exporter.net.resolve import Resolve
 from exporter.probe.clock import PhaseClock
 from exporter.probe.dial import dial, dial_mx
-from exporter.probe.errors import ProbeError, Reason
-from exporter.probe.phases import Leg
+from exporter.probe.errors import FiledAsJunk, ProbeError, Reason
+from exporter.probe.phases import Leg, Phase
 from exporter.probe.result import ProbeResult
 from exporter.probe.watch import Mailbox, tidy_up, wait_for_letter
 from exporter.transcript import note_letter, recording
@@ -45,8 +46,13 @@ async def run_probe(
         result.success = True
     except ProbeError as exc:
         result.reason, result.error, result.failed_phase = exc.reason, str(exc), exc.phase
-        if result.accepted_wall is not None and exc.reason is not Reason.BOUNCED:
-            mailbox.late[token.value] = result.accepted_wall  # it may still arrive: recognise it then
+        # Neither seen nor bounced, it may still arrive: recognise it then.
+        if (
+            result.accepted_wall is not None
+            and result.delivery_seconds is None
+            and exc.reason is not Reason.SMTP_REJECTED
+        ):
+            mailbox.late[token.value] = result.accepted_wall
     except Exception as exc:  # a bug or an unexpected library error must not kill the scheduler
         log.exception("probe %s/%s failed unexpectedly", device, task.name)
         result.reason, result.error = Reason.PROTOCOL, f"unexpected error: {type(exc).__name__}"
@@ -79,6 +85,14 @@ async def _round_trip(
     result.delivery_seconds = max(0.0, seen - receipt.accepted_monotonic)
     if letter.server_time is not None:
         result.server_delivery_seconds = letter.server_time - receipt.accepted_wall
+    if letter.placement is Placement.JUNK and task.incoming.junk_is_failure:
+        score = result.arrival.spam_score if result.arrival is not None else None
+        given = f" (spam score {score:g})" if score is not None else ""
+        raise FiledAsJunk(
+            f"the letter arrived after {result.delivery_seconds:.3f}s, but in the junk folder{given}: "
+            "its reader would not see it",
+            phase=Phase.MAILBOX_SEARCH,
+        )
 
 
 async def _prepare_mailbox(

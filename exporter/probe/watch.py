@@ -17,6 +17,7 @@ from exporter.legs.mailbox import Access, FoundLetter, MailboxSession
 from exporter.legs.memo import LetterMemo
 from exporter.legs.smtp import Receipt
 from exporter.legs.table import open_mailbox
+from exporter.letter.arrival import Arrival, read_arrival
 from exporter.letter.token import Signer, Token
 from exporter.net.connect import Connected
 from exporter.net.resolve import Resolve
@@ -103,6 +104,9 @@ async def wait_for_letter(
                 found = await session.find([token.value, *mailbox.late])
             seen = time.monotonic()
             letters = sort_found(found, token.value, mailbox.late)
+            if letters.mine:  # read before it is deleted
+                async with clock.phase(Phase.MAILBOX_HEADERS):
+                    result.arrival = await _arrival(session, letters.mine[0], task.incoming)
             if letters.to_delete:
                 async with clock.phase(Phase.MAILBOX_DELETE):
                     await _remove(session, mailbox, letters, result)
@@ -131,6 +135,10 @@ async def wait_for_letter(
     finally:
         result.mailbox.tls = session.tls
         await session.close()
+
+
+async def _arrival(session: MailboxSession, letter: FoundLetter, config: IncomingConfig) -> Arrival:
+    return read_arrival(await session.header_block(letter), letter.placement, config.authserv_ids)
 
 
 async def _remove(session: MailboxSession, mailbox: Mailbox, letters: SortedLetters, result: ProbeResult) -> None:
