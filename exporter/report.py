@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from exporter.letter.arrival import Arrival, hop_text
 from exporter.probe.phases import Phase
 from exporter.probe.result import ProbeResult
 from exporter.sanitise import MESSAGE_LIMIT, server_text
@@ -37,7 +38,19 @@ def _render_one(r: ProbeResult) -> str:
     for label, value in facts:
         if value:
             lines.append(f"   {label}: {_safe(value)}")
+    if r.arrival is not None:
+        lines.extend(_arrival(r.arrival))
     return "\n".join(lines)
+
+
+def _arrival(arrival: Arrival) -> list[str]:
+    score = f" (spam score {arrival.spam_score:g})" if arrival.spam_score is not None else ""
+    lines = [
+        f"   placement: {arrival.placement}{score}",
+        f"   authentication: {_safe(arrival.authentication_text())}",
+        f"   hops: {_safe(arrival.hops_summary())}",
+    ]
+    return lines + [f"     {number}. {_safe(hop_text(hop))}" for number, hop in enumerate(arrival.hops, 1)]
 
 
 def _safe(text: str) -> str:

@@ -21,6 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exposition.render import SelfCollector, render_tasks
 from exporter.exposition.stats import ReloadStatus, TaskInfo, TaskStats
+from exporter.letter.arrival import Arrival, Placement
+from exporter.letter.authresults import Method
+from exporter.letter.hops import Hop
 from exporter.net.tls import TLSFacts
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Phase
@@ -64,6 +67,15 @@ def _probe_result() -> ProbeResult:
         server_delivery_seconds=1.0,
         accepted_wall=now - 1,
         finished=now,
+        arrival=Arrival(
+            Placement.INBOX,
+            ((Method.SPF, "pass"), (Method.DKIM, "pass"), (Method.DMARC, "pass")),
+            spam_score=-0.1,
+            hops=(
+                Hop("submit.test", "[127.0.0.1]", "ESMTPSA", now - 2, None),
+                Hop("mx.test", "submit.test", "ESMTPS", now - 1, 1.0),
+            ),
+        ),
     )
 
 

@@ -15,7 +15,8 @@ from enum import StrEnum
 
 from exporter.letter.authresults import Method, authentication_results
 from exporter.letter.fields import FIELD_LIMIT
-from exporter.letter.hops import Hop, hops
+from exporter.letter.hops import Hop, hops, slowest, transit
+from exporter.timefmt import utc_time
 
 ARRIVAL_HEADER_BYTES = 64 * 1024  # how much of the letter's header block is read
 SPAM_SCORE_LIMIT = 1e6
@@ -42,6 +43,28 @@ class Arrival:
     authentication: tuple[tuple[Method, str], ...] = ()  # (method, result), only methods reported
     spam_score: float | None = None
     hops: tuple[Hop, ...] = ()
+
+    def authentication_text(self) -> str:
+        """``spf=pass dkim=pass dmarc=pass``, or why there is nothing to show."""
+        return " ".join(f"{method}={result}" for method, result in self.authentication) or "none reported"
+
+    def hops_summary(self) -> str:
+        """How many hops, the slowest and the whole transit, by the servers' clocks."""
+        hop, whole = slowest(self.hops), transit(self.hops)
+        parts = [f"{len(self.hops)} Received"]
+        if hop is not None and hop.delay is not None:
+            parts.append(f"slowest {hop.delay:+.0f} s to {hop.by or '?'}")
+        if whole is not None:
+            parts.append(f"transit {whole:.0f} s (servers' clocks)")
+        return ", ".join(parts)
+
+
+def hop_text(hop: Hop) -> str:
+    """One hop as people read it: ``mx.test (ESMTPS from submit.test) 2026-12-06 10:00:01Z +1 s``."""
+    said = " ".join(part for part in (hop.protocol, f"from {hop.sender}" if hop.sender else "") if part)
+    at = f" {utc_time(hop.at)}" if hop.at is not None else ""
+    delay = f" {hop.delay:+.0f} s" if hop.delay is not None else ""
+    return f"{hop.by or '?'}{f' ({said})' if said else ''}{at}{delay}"
 
 
 def read_arrival(headers: bytes | None, placement: Placement, authserv_ids: Collection[str]) -> Arrival:

@@ -8,6 +8,7 @@ import time
 
 from exporter.config.model import TaskConfig
 from exporter.exposition.stats import TaskStats
+from exporter.letter.arrival import Arrival, Placement, hop_text
 from exporter.probe.phases import Leg
 from exporter.probe.result import LegResult, ProbeResult
 from exporter.service import Exporter
@@ -133,10 +134,23 @@ def facts(result: ProbeResult) -> list[tuple[str, str]]:
         out.append(
             (f"{leg.value.upper() if leg.value == 'smtp' else 'Mailbox'} leg", _leg(leg_result, result.finished))
         )
+    if result.arrival is not None:
+        out.extend(_arrival(result.arrival))
     if result.swept:
         out.append(("Leftovers swept", str(result.swept)))
     out.append(("Started", f"{utc_time(result.started)} (token <code>{esc(result.token)}</code>)"))
     return out
+
+
+def _arrival(arrival: Arrival) -> list[tuple[str, str]]:
+    css = "bad" if arrival.placement is Placement.JUNK else ""
+    score = f' <span class="muted">spam score {arrival.spam_score:g}</span>' if arrival.spam_score is not None else ""
+    hops = "".join(f"<li>{esc(hop_text(hop))}</li>" for hop in arrival.hops)
+    return [
+        ("Placement", f'<span class="{css}">{esc(arrival.placement)}</span>{score}'),
+        ("Authentication", f"<code>{esc(arrival.authentication_text())}</code>"),
+        ("Hops", f'{esc(arrival.hops_summary())}<ol class="hops">{hops}</ol>'),
+    ]
 
 
 def _leg(leg: LegResult, now: float) -> str:
