@@ -160,8 +160,11 @@ change block the exporter (nc -v host port from the exporter host)?
 and whether STARTTLS is still offered (openssl s_client -connect host:port -starttls smtp|imap|pop3).
 {{- else if eq $reason "auth" -}} the probe account's password (changed or expired? the exporter's
 password_file/password_env) and whether the account is locked out after failed logins.
-{{- else if eq $reason "smtp_rejected" -}} the SMTP server's log for the refusal: sender or recipient
-restrictions, relay denied, quota, rate limits or greylisting (4xx).
+{{- else if eq $reason "smtp_rejected" -}} the refusal (the status page shows it: the SMTP reply, or the status
+and diagnostic of the bounce that came back): sender or recipient restrictions, relay denied, an unknown or
+over-quota destination, rate limits or greylisting (4xx).
+{{- else if eq $reason "junk" -}} why the letter was filed as spam: the spam score and the authentication results
+on the task's status page, and the spam filter's log (rspamd, SpamAssassin, Exchange Online Protection).
 {{- else if eq $reason "mailbox" -}} the mailbox server's log: does the folder exist, is the mailbox over quota
 or read-only?
 {{- else if eq $reason "timeout" -}} the server accepts connections but does not answer in time: its load, stuck
@@ -171,8 +174,6 @@ log for the unexpected reply.
 {{- else if eq $reason "delivery_timeout" -}} the queue on the SMTP server (mailq or postqueue -p): are the
 letters deferred, held or stuck? Then the delivery to the mailbox (LMTP/local delivery, content filter,
 sieve/spam rules).
-{{- else if eq $reason "bounced" -}} the bounce the mail system sent back (the status page shows its
-diagnostic): does the destination mailbox exist, is it over quota, does a filter or the delivery agent refuse it?
 {{- else -}} the exporter's status page and log.
 {{- end }}"""
 
@@ -253,7 +254,25 @@ def quality_alerts(params: Params) -> list[Rule]:
         mail_roundtrip_probes_skipped_total and mail_roundtrip_probes_in_flight for this task (letters still
         travelling block new probes at max_in_flight), then the exporter log and its CPU.""",
     )
-    return [unreliable, slow, timeouts, stalled, *certificate_alerts(params)]
+    return [unreliable, slow, timeouts, stalled, authentication_alert(params), *certificate_alerts(params)]
+
+
+def authentication_alert(params: Params) -> Rule:
+    return annotate(
+        alert(
+            "MailRoundTripAuthenticationFailing",
+            'mail_roundtrip_authentication_result{method=~"dkim|dmarc",result!="pass"} == 1',
+            "30m",
+            "warning",
+        ),
+        params,
+        "{{ $labels.method | toUpper }} is {{ $labels.result }} for letters of {{ $labels.device }}/{{ $labels.task }}",
+        """The receiving server's Authentication-Results for the test letters of {{ $labels.device }}/{{ $labels.task
+        }} have said {{ $labels.method }}={{ $labels.result }} for 30 minutes. Mail that fails DKIM or DMARC is
+        delivered here but will soon be refused or filed as spam elsewhere. Check first: for dkim, the signing on the
+        SMTP server (is it still signing, with the key that DNS publishes at selector._domainkey?); for dmarc, the
+        _dmarc record and whether SPF or DKIM passes for the From: domain (dig TXT).""",
+    )
 
 
 def certificate_alerts(params: Params) -> list[Rule]:
