@@ -9,16 +9,21 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 
 from exporter.clients.imap4 import reply_of
-from exporter.config.model import DEFAULT_JUNK_FOLDERS, MAX_NAMES
+from exporter.config.dump import dump_config
+from exporter.config.load import parse_config
+from exporter.config.model import DEFAULT_JUNK_FOLDERS, MAX_NAMES, SpamTest
 from exporter.exposition.render import render_tasks
 from exporter.exposition.stats import TaskStats
 from exporter.legs.folders import first_listed, special_use
 from exporter.letter.arrival import Arrival, Placement, hop_text, read_arrival
 from exporter.letter.authresults import Method, authentication_results, parse_field
+from exporter.letter.compose import SPAM_TEST_PATTERNS, build_letter
 from exporter.letter.fields import FIELD_LIMIT, uncommented
 from exporter.letter.hops import HOPS_READ, hops, slowest, transit
+from exporter.letter.token import Signer
 from exporter.probe.errors import Reason
 from exporter.probe.result import ProbeResult
 from exporter.report import render_report
@@ -250,3 +255,23 @@ def test_metrics_and_report() -> None:
     report = render_report([found(Placement.INBOX, success=True)])
     assert "   placement: inbox" in report and "   authentication: spf=pass dkim=pass dmarc=pass" in report
     assert "     3. mail.example.test (LMTP from mx.example.test) 2026-12-06 10:00:04Z +3 s" in report
+
+
+def test_keys_show_in_the_config_dump_and_load_back() -> None:
+    task = incoming(junk_folders=["Spam"], junk_is_failure=False, authserv_ids=["mx.example.test"])["devices"][0]
+    task["tasks"][0]["spam_test"] = "gtube_add_header"
+    config = parse_config({"devices": [task]})
+    shown = dump_config(config)
+    assert "spam_test: gtube_add_header" in shown and "junk_is_failure: false" in shown
+    assert dump_config(parse_config(yaml.safe_load(shown))) == shown  # (the password shows as <secret>)
+    pop3 = minimal(incoming={"protocol": "pop3", "host": "pop.example.test", "user": "u", "password": "p"})
+    assert "junk_folders" not in dump_config(parse_config(pop3))  # POP3 has no junk folder
+
+
+def test_spam_test_puts_the_pattern_in_the_body() -> None:
+    token = Signer(b"k" * 32).new_token()
+    plain = build_letter(token, "a@example.test", "b@example.test", "d", "t")
+    marked = build_letter(token, "a@example.test", "b@example.test", "d", "t", SpamTest.GTUBE_ADD_HEADER)
+    assert b"GTUBE" not in plain
+    assert marked.endswith(SPAM_TEST_PATTERNS[SpamTest.GTUBE_ADD_HEADER].encode() + b"\r\n")
+    assert marked.split(b"\r\n\r\n")[0] == plain.split(b"\r\n\r\n")[0]  # the same headers: still ours

@@ -16,6 +16,7 @@ from exporter.config.model import (
     IncomingConfig,
     Labels,
     OAuth2Config,
+    Protocol,
     ServerConfig,
     SMTPConfig,
     TaskConfig,
@@ -66,6 +67,8 @@ def _task(task: TaskConfig) -> Tree:
     }
     if task.dns_mode is not None:
         tree["dns_mode"] = task.dns_mode.value
+    if task.spam_test is not None:
+        tree["spam_test"] = task.spam_test.value
     return tree | _labels(task.labels)
 
 
@@ -127,7 +130,13 @@ def _incoming(incoming: IncomingConfig) -> Tree:
         "mailbox": incoming.mailbox,
         "poll_interval": _seconds(incoming.poll_interval),
         **({"cleanup": incoming.cleanup.value} if incoming.cleanup is not None else {}),
+        **(_junk(incoming) if incoming.protocol is Protocol.IMAP else {}),
+        **({"authserv_ids": list(incoming.authserv_ids)} if incoming.authserv_ids else {}),
     }
+
+
+def _junk(incoming: IncomingConfig) -> Tree:
+    return {"junk_folders": list(incoming.junk_folders), "junk_is_failure": incoming.junk_is_failure}
 
 
 def _seconds(value: float) -> str:

@@ -61,6 +61,7 @@ from exporter.config.model import (
     Security,
     ServerConfig,
     SMTPConfig,
+    SpamTest,
     TaskConfig,
     TLSOptions,
 )
@@ -267,6 +268,7 @@ def _task(node: Node, reading: Reading) -> TaskConfig:
         ),
         email_timeout=node.get("email_timeout", duration("m", EMAIL_TIMEOUT_BOUNDS), DEFAULT_EMAIL_TIMEOUT),
         max_in_flight=node.get("max_in_flight", as_in_flight, DEFAULT_MAX_IN_FLIGHT),
+        spam_test=node.get("spam_test", enum_choice(SpamTest), None),
         dns_mode=node.get("dns_mode", enum_choice(DNSMode), None),
         labels=node.get("labels", as_labels, ()),
     )

@@ -123,6 +123,13 @@ class Grant(StrEnum):
     REFRESH_TOKEN = "refresh_token"  # RFC 6749 6: a user's consent, kept as a refresh token (Gmail)
 
 
+class SpamTest(StrEnum):
+    """A test pattern the probe letter can carry, so that a spam filter reacts (tests the junk check)."""
+
+    GTUBE = "gtube"  # the standard GTUBE: SpamAssassin scores it 1000; rspamd rejects it
+    GTUBE_ADD_HEADER = "gtube_add_header"  # rspamd's variant for "add header" (enable_test_patterns)
+
+
 class Cleanup(StrEnum):
     """What happens to a probe letter once found (IMAP)."""
 
@@ -248,6 +255,7 @@ class TaskConfig:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     dns_mode: DNSMode | None = None  # overrides the device's mode
     labels: Labels = ()  # the task's own, on top of its device's
+    spam_test: SpamTest | None = None  # the letter carries this test pattern
 
 
 @dataclass(frozen=True)

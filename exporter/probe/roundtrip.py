@@ -146,7 +146,7 @@ async def _send(
         config = dataclasses.replace(config, host=host)
     else:
         connected = await dial(clock, resolve, Leg.SMTP, result.smtp, config.host, config.port)
-    letter = build_letter(token, task.sender, task.destination, device, task.name)
+    letter = build_letter(token, task.sender, task.destination, device, task.name, task.spam_test)
     note_letter(letter)
     receipt = await smtp.send_letter(
         config, connected, clock, letter, task.sender, task.destination, before_data, credentials
