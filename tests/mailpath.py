@@ -53,7 +53,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from tests.dnsserver import DNSServer, DNSThread, Record, txt
@@ -77,6 +76,7 @@ from tests.rig import (
 )
 
 MX_HOSTNAME = "mx.test"
+IMAP_HOSTNAME = "imap.test"  # Dovecot behind the MX
 SELECTOR = "rig"
 JUNK_FOLDER = "Junk"
 SPAM_HEADER = "X-Spam"  # rspamd's proxy worker adds "X-Spam: Yes" for the "add header" action
@@ -164,7 +164,7 @@ class PathDNS:
         self.server.replace(DOMAIN, [Record("TXT", txt(SPF_PASS), DNS_TTL), Record("MX", f"10 {MX_HOSTNAME}.", 300)])
         self.server.replace(self.dkim_name, [Record("TXT", txt(self._dkim), DKIM_TTL)])
         self._txt(f"_dmarc.{DOMAIN}", DMARC)
-        for host in (HOSTNAME, MX_HOSTNAME):  # HOSTNAME: the submission's HELO (SPF of DSNs)
+        for host in (HOSTNAME, MX_HOSTNAME, IMAP_HOSTNAME):  # HOSTNAME: the submission's HELO (SPF of DSNs)
             self.server.replace(host, [Record("A", "127.0.0.1", 300), Record("TXT", txt(SPF_PASS), DNS_TTL)])
 
     def break_spf(self) -> None:
@@ -198,6 +198,7 @@ class MailPath(MailRig):
     spam_header = SPAM_HEADER
     selector = SELECTOR
     mx_hostname = MX_HOSTNAME
+    imap_hostname = IMAP_HOSTNAME
 
     def __init__(self, users: int = 3) -> None:
         self.mx_port, self.opendkim_port, self.rspamd_port = free_ports(PATH_PORT_COUNT)
@@ -558,6 +559,8 @@ namespace inbox {{
     auto = subscribe
   }}
 }}
+# The mailbox server's name in the Received header LMTP adds (else the machine's host name).
+hostname = {IMAP_HOSTNAME}
 protocol lmtp {{
   mail_plugins = $mail_plugins sieve
 }}
@@ -576,7 +579,6 @@ def main() -> int:
     with MailPath() as path:
         for key, value in path.describe().items():
             print(f"{key}: {value}")
-        print(f"mx: 127.0.0.1:{path.mx_port}; ports: {asdict(path.ports)}")
         print(f"# started in {time.monotonic() - started:.2f}s; Ctrl-C or SIGTERM stops it", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()

@@ -247,3 +247,18 @@ def test_stop_leaves_no_process_port_or_file() -> None:
     assert not Path(directory).exists()
     with pytest.raises(RigError):
         _ = path.dns
+
+
+def test_hold_keeps_letters_at_the_submission_server(path: MailPath) -> None:
+    token = uuid.uuid4().hex
+    path.hold()
+    try:
+        _submit(path, USER, path.address(USER), _letter(path.address(USER), token))
+        path.wait_for(
+            lambda: any(entry["queue_name"] == "deferred" for entry in path.queue()), TIMEOUT, "the held letter"
+        )
+        assert _count(path, USER, "INBOX", token) == 0
+    finally:
+        path.release()
+    letter = _wait_letter(path, USER, "INBOX", token)
+    assert _results(letter) == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}, letter
