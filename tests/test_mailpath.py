@@ -2,8 +2,9 @@
 
 Submission with STARTTLS and AUTH, letters read over IMAP with STARTTLS. These tests use user2 and
 user3 (user1, ``mail_path.mailbox``, is left to end-to-end tests of the exporter); every test
-leaves both users' INBOX and Junk empty and the DNS records restored. Nothing waits a fixed time:
-each wait polls until a deadline that is generous for a loaded machine.
+leaves both users' INBOX and Junk empty and the DNS records restored. Every wait for a letter or a
+queue polls until a deadline that is generous for a loaded machine; the one computed wait is
+remove_dkim_key()'s, until rspamd's key cache has expired by its own rule.
 """
 
 from __future__ import annotations
@@ -120,10 +121,12 @@ def _delivery_status(dsn: Message) -> list[Message]:
 
 
 def test_a_clean_letter_reaches_the_inbox_signed_and_checked(path: MailPath) -> None:
+    dmarc_queries = path.dns.server.count(f"_dmarc.{DOMAIN}", "TXT")
     token = uuid.uuid4().hex
     _submit(path, USER, path.address(USER), _letter(path.address(USER), token))
     letter = _wait_letter(path, USER, "INBOX", token)
     assert _results(letter) == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}, letter
+    assert path.dns.server.count(f"_dmarc.{DOMAIN}", "TXT") > dmarc_queries  # rspamd asked the test's DNS
     signature = str(letter["DKIM-Signature"])
     assert f"d={DOMAIN};" in signature and f"s={path.selector};" in signature, signature
     assert str(letter["X-Spam-Status"]).startswith("No, score="), letter
