@@ -23,8 +23,11 @@ Spam without a spam score: rspamd treats GTUBE patterns as a forced action. The 
 (``GTUBE_REJECT``) is refused at the MX (554 5.7.1) and so comes back as a DSN; ``GTUBE_JUNK`` (rspamd's
 "add header" variant, enabled here with ``enable_test_patterns``) is delivered with ``X-Spam: Yes`` and
 filed into Junk. rspamd skips all other modules for a GTUBE letter, so it has no SPF/DKIM/DMARC
-results. ``dns.break_spf()``, ``remove_dkim_key()`` and ``restore()`` change what the DNS server
-publishes (TTL 0, and rspamd's SPF cache is held to 0 s, so the next letter sees the change).
+results. ``break_spf()``, ``remove_dkim_key()`` and ``restore()`` change what the DNS server
+publishes, and the next letter submitted sees the change: SPF and DMARC records have TTL 0 (rspamd
+then caches nothing), the DKIM key TTL 1 s, and remove_dkim_key() returns once rspamd's key cache
+has let go of it (at most ~2 s). With SPF broken DMARC still passes on the aligned DKIM signature;
+with both broken it fails. rspamd enforces no DMARC policy here, so all of these reach the INBOX.
 
 Usage (the ``mail_path`` fixture of tests/conftest.py is one such rig for the session)::
 
@@ -53,6 +56,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from tests.dnsserver import DNSServer, DNSThread, Record, txt
@@ -242,6 +246,16 @@ class MailPath(MailRig):
     def unknown_recipient(self) -> str:
         """An address the MX rejects at RCPT (550 5.1.1), so the submission server bounces at once."""
         return f"nobody@{DOMAIN}"
+
+    def add_users(self, names: Iterable[str], password: str | None = None, userdb_fields: str = "") -> list[str]:
+        """As MailRig's; returns once the MX, too, accepts the last new user (its smtpd re-read the map)."""
+        added = super().add_users(names, password, userdb_fields)
+        if added and self._mx_running:
+            _run([POSTFIX, "-c", str(self._mx_conf), "reload"], "postfix reload (MX)", self.logs)
+            self.wait_for(
+                lambda: self._smtp_accepts_rcpt(added[-1], self.mx_port), START_TIMEOUT, f"the MX to accept {added[-1]}"
+            )
+        return added
 
     def junk_maildir(self, user: str) -> Path:
         return self.maildir(user) / f".{JUNK_FOLDER}"

@@ -706,9 +706,10 @@ class MailRig:
     def _doveadm(self, *args: str) -> None:
         _run([DOVEADM, "-c", str(self._dovecot_conf), *args], f"doveadm {args[0]}", self.logs)
 
-    def _smtp_accepts_rcpt(self, addr: str) -> bool:
+    def _smtp_accepts_rcpt(self, addr: str, port: int | None = None) -> bool:
+        """True if the SMTP server on ``port`` (default: the rig's SMTP port) accepts ``addr`` at RCPT."""
         try:
-            with smtplib.SMTP(self.host, self.ports.smtp, timeout=5) as smtp:
+            with smtplib.SMTP(self.host, port or self.ports.smtp, timeout=5) as smtp:
                 smtp.ehlo()
                 smtp.mail("")
                 code, _ = smtp.rcpt(addr)

@@ -265,3 +265,11 @@ def test_hold_keeps_letters_at_the_submission_server(path: MailPath) -> None:
         path.release()
     letter = _wait_letter(path, USER, "INBOX", token)
     assert _results(letter) == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}, letter
+
+
+def test_a_user_added_later_gets_letters_through_the_mx(path: MailPath) -> None:
+    (address,) = path.add_users([f"later-{uuid.uuid4().hex[:8]}"])
+    token = uuid.uuid4().hex
+    _submit(path, USER, address, _letter(path.address(USER), token))
+    letter = _wait_letter(path, address, "INBOX", token)
+    assert _results(letter) == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}, letter
