@@ -28,6 +28,7 @@ import pytest
 
 from tests.mailpath import GTUBE_JUNK, GTUBE_REJECT, MailPath
 from tests.rig import DOMAIN, HOSTS, RigError, _pid_alive, port_open
+from tests.tasks import probe_once, task_dict
 
 USER = "user2"
 OTHER = "user3"
@@ -273,3 +274,11 @@ def test_a_user_added_later_gets_letters_through_the_mx(path: MailPath) -> None:
     _submit(path, USER, address, _letter(path.address(USER), token))
     letter = _wait_letter(path, address, "INBOX", token)
     assert _results(letter) == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}, letter
+
+
+async def test_the_exporter_probes_through_the_path(path: MailPath) -> None:
+    """The exporter as it is, over the path: submission with STARTTLS and AUTH, IMAPS, letter found."""
+    result = await probe_once(task_dict(path, OTHER, smtp="submission-starttls-auth", mailbox="imaps"))
+    assert result.success, result.error
+    assert result.delivery_seconds is not None
+    print(f"exporter round trip over the mail path: delivery {result.delivery_seconds:.2f}s")
