@@ -23,10 +23,13 @@ Spam without a spam score: rspamd treats GTUBE patterns as a forced action. The 
 (``GTUBE_REJECT``) is refused at the MX (554 5.7.1) and so comes back as a DSN; ``GTUBE_JUNK`` (rspamd's
 "add header" variant, enabled here with ``enable_test_patterns``) is delivered with ``X-Spam: Yes`` and
 filed into Junk. rspamd skips all other modules for a GTUBE letter, so it has no SPF/DKIM/DMARC
-results. ``break_spf()``, ``remove_dkim_key()`` and ``restore()`` change what the DNS server
-publishes, and the next letter submitted sees the change: SPF and DMARC records have TTL 0 (rspamd
-then caches nothing), the DKIM key TTL 1 s, and remove_dkim_key() returns once rspamd's key cache
-has let go of it (at most ~2 s). With SPF broken DMARC still passes on the aligned DKIM signature;
+results; a letter whose body carries ``SPAM_MARK`` (a content rule of the rig's, score 10) is junk after
+every check ran, with Authentication-Results and ``X-Spam-Status: Yes``.
+
+``break_spf()``, ``remove_dkim_key()`` and ``restore()`` change what the DNS server publishes, and the
+next letter submitted sees the change: SPF and DMARC records have TTL 0 (rspamd then caches nothing),
+the DKIM key TTL 1 s, and remove_dkim_key() returns once rspamd's key cache has let go of it (at most
+~2 s). With SPF broken DMARC still passes on the aligned DKIM signature;
 with both broken it fails. rspamd enforces no DMARC policy here, so all of these reach the INBOX.
 
 Usage (the ``mail_path`` fixture of tests/conftest.py is one such rig for the session)::
@@ -88,6 +91,10 @@ SPAM_HEADER = "X-Spam"  # rspamd's proxy worker adds "X-Spam: Yes" for the "add 
 # the one with Y forces "add header" but only with enable_test_patterns (rspamd 2.3 .. 3.7).
 GTUBE_REJECT = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 GTUBE_JUNK = "YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+# The rig's own content rule: a body with this scores SPAM_MARK_SCORE, between rspamd's add_header (6)
+# and reject (15): junk after every check ran, so the letter carries Authentication-Results too.
+SPAM_MARK = "MAILPATH-SPAM-TEST-LETTER"
+SPAM_MARK_SCORE = 10.0
 SPF_PASS = "v=spf1 ip4:127.0.0.1 -all"
 SPF_BROKEN = "v=spf1 ip4:192.0.2.1 -all"  # TEST-NET-1: the letters' 127.0.0.1 is not allowed
 DMARC = "v=DMARC1; p=reject; adkim=s; aspf=s"
@@ -198,6 +205,7 @@ class MailPath(MailRig):
 
     gtube_junk = GTUBE_JUNK
     gtube_reject = GTUBE_REJECT
+    spam_mark = SPAM_MARK
     junk_folder = JUNK_FOLDER
     spam_header = SPAM_HEADER
     selector = SELECTOR
@@ -522,6 +530,14 @@ upstream "local" {{
                 # The two modules kept that name a remote map: the copy Debian ships instead.
                 "override.d/mime_types.conf": 'file = ["${CONFDIR}/maps.d/mime_types.inc"];\n',
                 "override.d/mid.conf": 'source {\n  url = ["${CONFDIR}/maps.d/mid.inc"];\n}\n',
+                "rspamd.local.lua": f"""\
+config['regexp']['MAILPATH_SPAM_MARK'] = {{
+  re = '/{SPAM_MARK}/{{sa_body}}',
+  score = {SPAM_MARK_SCORE},
+  description = 'The mail path test rig: a letter marked as spam',
+  group = 'mailpath',
+}}
+""",
                 "local.d/actions.conf": "greylist = null;\n",
                 "local.d/spf.conf": check_local + "min_cache_ttl = 0;\n",
                 "local.d/dkim.conf": check_local,

@@ -149,6 +149,18 @@ def test_a_letter_with_rspamds_add_header_gtube_lands_in_junk(path: MailPath) ->
     assert _count(path, USER, "INBOX", token) == 0  # sieve filed it once, into Junk alone
 
 
+def test_a_letter_that_scores_as_spam_lands_in_junk_with_its_checks(path: MailPath) -> None:
+    token = uuid.uuid4().hex
+    _submit(path, USER, path.address(USER), _letter(path.address(USER), token, f"Offer: {path.spam_mark}"))
+    letter = _wait_letter(path, USER, path.junk_folder, token)
+    assert letter[path.spam_header] == "Yes", letter
+    assert str(letter["X-Spam-Status"]).startswith("Yes, score="), letter
+    assert str(letter["X-Rspamd-Action"]) == "add header", letter
+    assert "MAILPATH_SPAM_MARK" in str(letter["X-Spamd-Result"]), letter
+    assert _results(letter) == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}, letter
+    assert _count(path, USER, "INBOX", token) == 0
+
+
 def test_the_junk_folder_has_the_junk_special_use(path: MailPath) -> None:
     with imaplib.IMAP4(path.host, path.ports.imap, timeout=TIMEOUT) as imap:
         imap.starttls(ssl_context=_tls(path))
