@@ -6,6 +6,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from tests.mailpath import MailPath
 from tests.rig import MailRig
 from tests.tasks import FreshUsers
 
@@ -28,9 +29,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the rig's log tail to the report of every failing test that used it."""
     report = yield
-    mail_rig = getattr(item, "funcargs", {}).get("rig")
-    if report.failed and isinstance(mail_rig, MailRig):
-        report.sections.append(("mail rig logs", mail_rig.logs()))
+    for name in ("rig", "mail_path"):
+        mail_rig = getattr(item, "funcargs", {}).get(name)
+        if report.failed and isinstance(mail_rig, MailRig):
+            report.sections.append((f"{name} logs", mail_rig.logs()))
     return report
 
 
@@ -59,4 +61,24 @@ def fresh_user(fresh_users: FreshUsers) -> str:
 
 # ============================================================================
 # End of fresh mailbox users block.
+# ============================================================================
+
+
+# ============================================================================
+# Mail path (tests/mailpath.py): submission Postfix -> MX Postfix with rspamd ->
+# Dovecot with sieve, and the DNS server rspamd asks. Started only by the tests
+# that ask for it, once per session. path.mailbox (user1) is for end-to-end
+# tests of the exporter; tests/test_mailpath.py uses user2 and user3.
+# ============================================================================
+
+
+@pytest.fixture(scope="session")
+def mail_path() -> Iterator[MailPath]:
+    """A started MailPath with user1..user3@example.test, stopped at session end."""
+    with MailPath(users=3) as path:
+        yield path
+
+
+# ============================================================================
+# End of mail path block.
 # ============================================================================

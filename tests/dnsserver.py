@@ -12,11 +12,18 @@ to line up concurrent askers).
     ... resolve against server.address ...
     assert server.count("mail.test", "A") == 1
     server.close()
+
+TXT values are zone-file text too (quoted strings); ``txt()`` makes them from plain text, split
+into strings of at most 255 characters as a DKIM key needs. ``replace()`` swaps all records of one
+name at once, so a concurrent query never sees the name half changed. A synchronous caller (a rig
+of server processes) runs the server on a thread of its own with ``DNSThread``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -27,6 +34,8 @@ import dns.rdatatype
 import dns.rrset
 
 MAX_CHAIN = 8  # a CNAME loop in the test's own records must not hang the server
+TXT_CHUNK = 255  # the longest character-string of a TXT record (RFC 1035 3.3.14)
+THREAD_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,10 +49,17 @@ def _name(text: str) -> str:
     return text.rstrip(".").lower()
 
 
+def txt(text: str) -> str:
+    """A TXT record's value in zone-file form: ``text`` as quoted strings of at most 255 characters."""
+    chunks = [text[i : i + TXT_CHUNK] for i in range(0, len(text), TXT_CHUNK)] or [""]
+    return " ".join('"' + chunk.replace("\\", "\\\\").replace('"', '\\"') + '"' for chunk in chunks)
+
+
 class DNSServer:
     def __init__(self) -> None:
         self.records: dict[str, list[Record]] = {}
         self.queries: Counter[tuple[str, str]] = Counter()
+        self.last_query: dict[str, float] = {}  # name -> time.time() of its latest query
         self.blackhole = False
         self.rcode: dns.rcode.Rcode | None = None
         self._held: list[tuple[bytes, tuple[str, int]]] | None = None
@@ -56,6 +72,13 @@ class DNSServer:
 
     def remove(self, name: str) -> None:
         self.records.pop(_name(name), None)
+
+    def replace(self, name: str, records: list[Record]) -> None:
+        """All records of ``name`` at once (none: the name is gone); safe from another thread."""
+        if records:
+            self.records[_name(name)] = list(records)
+        else:
+            self.remove(name)
 
     def count(self, name: str, rdtype: str) -> int:
         return self.queries[(_name(name), rdtype.upper())]
@@ -106,7 +129,9 @@ class DNSServer:
         if not query.question:
             return
         question = query.question[0]
-        self.queries[(_name(question.name.to_text()), dns.rdatatype.to_text(question.rdtype))] += 1
+        name = _name(question.name.to_text())
+        self.queries[(name, dns.rdatatype.to_text(question.rdtype))] += 1
+        self.last_query[name] = time.time()
         if self.blackhole:
             return
         wire = self.answer(query).to_wire()
@@ -156,3 +181,30 @@ class _Protocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.server.received(data, addr)
+
+
+class DNSThread:
+    """A DNSServer answering on an event loop of its own thread, for synchronous code.
+
+    ``start()`` returns the server; its add/replace/remove may be called from any thread.
+    """
+
+    def __init__(self) -> None:
+        self.server = DNSServer()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dns-server", daemon=True)
+
+    def start(self) -> DNSServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(THREAD_TIMEOUT)
+        return self.server
+
+    def stop(self) -> None:
+        """Close the socket, end the loop and its thread. Idempotent."""
+        if self._loop.is_closed():
+            return
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.server.close)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(THREAD_TIMEOUT)
+        self._loop.close()

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from tests.oauthserver import OAuthControl
 
@@ -147,6 +147,22 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def retry_if_port_taken(start: Callable[[], None], move: Callable[[], None], attempts: int) -> None:
+    """``start()`` servers; if one found its port taken, ``move()`` them to new ports and try again.
+
+    Free ports are only known free when picked; a parallel test run may grab one before our servers
+    bind it. ``move()`` kills what started, picks new ports and rewrites the configs.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            start()
+            return
+        except RigError as exc:
+            if attempt == attempts or "address already in use" not in str(exc).lower():
+                raise
+            move()
+
+
 def port_open(host: str, port: int) -> bool:
     """True if a TCP connection to host:port is accepted."""
     try:
@@ -233,6 +249,75 @@ def _peer_cert(host: str, port: int, starttls: bool) -> bytes | None:
             return tls.getpeercert(binary_form=True)
     except (OSError, smtplib.SMTPException):
         return None
+
+
+def postfix_master_pid(spool: Path) -> int | None:
+    """PID of the master of the Postfix instance whose queue_directory is ``spool``."""
+    try:
+        return int((spool / "pid" / "master.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def kill_postfix(spool: Path) -> None:
+    """Terminate the master of the Postfix instance at ``spool`` and wait for its process group to exit."""
+    pid = postfix_master_pid(spool)
+    if pid is None or not _pid_alive(pid):
+        return
+    # Same signal as `postfix stop`, which however polls in 1 s sleeps.
+    os.kill(pid, signal.SIGTERM)
+    try:
+        wait_for(lambda: not any(group == pid for _, _, _, group in _processes()), STOP_TIMEOUT, "")
+    except RigError:
+        os.killpg(pid, signal.SIGKILL)
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a child we started (in a session of its own), SIGKILL its group if it lingers; reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# Postfix's internal services (master.cf lines); chroot off so absolute socket paths work.
+POSTFIX_INTERNAL_SERVICES = (
+    "pickup unix n - n 60 1 pickup",
+    "cleanup unix n - n - 0 cleanup",
+    "qmgr unix n - n 300 1 qmgr",
+    "tlsmgr unix - - n 1000? 1 tlsmgr",
+    "rewrite unix - - n - - trivial-rewrite",
+    "bounce unix - - n - 0 bounce",
+    "defer unix - - n - 0 bounce",
+    "trace unix - - n - 0 bounce",
+    "verify unix - - n - 1 verify",
+    "flush unix n - n 1000? 0 flush",
+    "proxymap unix - - n - - proxymap",
+    "proxywrite unix - - n - 1 proxymap",
+    "smtp unix - - n - - smtp",
+    "relay unix - - n - - smtp",
+    "showq unix n - n - - showq",
+    "error unix - - n - - error",
+    "retry unix - - n - - error",
+    "discard unix - - n - - discard",
+    f"{LMTP_TRANSPORT} unix - - n - - lmtp",
+    "anvil unix - - n - 1 anvil",
+    "scache unix - - n - 1 scache",
+    "postlog unix-dgram n - n - 1 postlogd",
+)
+
+
+def write_postfix_master_cf(path: Path, services: Iterable[tuple[str, Iterable[str]]]) -> None:
+    """master.cf from (service line, -o options) pairs, followed by the internal services."""
+    lines = []
+    for head, options in services:
+        lines.append(head)
+        lines.extend(f"  -o {opt}" for opt in options)
+    lines.extend(POSTFIX_INTERNAL_SERVICES)
+    path.write_text("\n".join(lines) + "\n")
+    _backdate(path)
 
 
 # --------------------------------------------------------------------------
@@ -481,7 +566,7 @@ class MailRig:
 
     # ---- lifecycle ---------------------------------------------------------
 
-    def start(self) -> MailRig:
+    def start(self) -> Self:
         """Generate everything and start both servers; return when all are ready."""
         if self._removed:
             raise RigError("this MailRig was stopped; create a new one")
@@ -499,26 +584,21 @@ class MailRig:
         return self
 
     def _start_servers(self, attempts: int = 3) -> None:
-        """Start the token server, Dovecot and Postfix, moving to new ports if one was taken meanwhile.
+        """Start the token server, Dovecot and Postfix, moving to new ports if one was taken meanwhile."""
+        retry_if_port_taken(self._start_rig_servers, self._move_rig_servers, attempts)
 
-        Free ports are only known free when picked; a parallel test run may
-        grab one before our servers bind it.
-        """
-        for attempt in range(1, attempts + 1):
-            try:
-                self.start_oauth()
-                self.start_imap_pop3()
-                self.start_smtp()
-                return
-            except RigError as exc:
-                if attempt == attempts or "address already in use" not in str(exc).lower():
-                    raise
-                # Not stop_*(): they would wait for the foreign port to close.
-                self._kill_postfix()
-                self._kill_dovecot()
-                self._kill_oauth()
-                self.ports = Ports(*free_ports(PORT_COUNT))
-                self._write_server_configs()
+    def _start_rig_servers(self) -> None:
+        self.start_oauth()
+        self.start_imap_pop3()
+        self.start_smtp()
+
+    def _move_rig_servers(self) -> None:
+        # Not stop_*(): they would wait for the foreign port to close.
+        self._kill_postfix()
+        self._kill_dovecot()
+        self._kill_oauth()
+        self.ports = Ports(*free_ports(PORT_COUNT))
+        self._write_server_configs()
 
     def stop(self) -> None:
         """Stop both servers and remove the rig dir (unless MAILRIG_KEEP=1). Idempotent."""
@@ -539,7 +619,7 @@ class MailRig:
         if errors:
             raise RigError("\n".join(errors))
 
-    def __enter__(self) -> MailRig:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -626,9 +706,10 @@ class MailRig:
     def _doveadm(self, *args: str) -> None:
         _run([DOVEADM, "-c", str(self._dovecot_conf), *args], f"doveadm {args[0]}", self.logs)
 
-    def _smtp_accepts_rcpt(self, addr: str) -> bool:
+    def _smtp_accepts_rcpt(self, addr: str, port: int | None = None) -> bool:
+        """True if the SMTP server on ``port`` (default: the rig's SMTP port) accepts ``addr`` at RCPT."""
         try:
-            with smtplib.SMTP(self.host, self.ports.smtp, timeout=5) as smtp:
+            with smtplib.SMTP(self.host, port or self.ports.smtp, timeout=5) as smtp:
                 smtp.ehlo()
                 smtp.mail("")
                 code, _ = smtp.rcpt(addr)
@@ -784,22 +865,13 @@ class MailRig:
     def _kill_postfix(self) -> None:
         """Terminate the master and wait for its whole process group to exit."""
         self._postfix_running = False
-        pid = self._postfix_master_pid()
-        if pid is None or not _pid_alive(pid):
-            return
-        # Same signal as `postfix stop`, which however polls in 1 s sleeps.
-        os.kill(pid, signal.SIGTERM)
-        if not self._wait_quietly(lambda: not self._process_group_alive(pid), STOP_TIMEOUT):
-            os.killpg(pid, signal.SIGKILL)
+        kill_postfix(self._spool)
 
     def _postfix_ports(self) -> list[int]:
         return [self.ports.smtp, self.ports.submission, self.ports.submissions]
 
     def _postfix_master_pid(self) -> int | None:
-        try:
-            return int((self._spool / "pid" / "master.pid").read_text().split()[0])
-        except (FileNotFoundError, ValueError, IndexError):
-            return None
+        return postfix_master_pid(self._spool)
 
     @staticmethod
     def _process_group_alive(pgrp: int) -> bool:
@@ -860,14 +932,8 @@ class MailRig:
 
     def _kill_oauth(self) -> None:
         proc, self._oauth = self._oauth, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc)
 
     # ---- Dovecot process control ---------------------------------------------
 
@@ -1051,37 +1117,8 @@ class MailRig:
                     *auth,
                 ],
             ),
-            # Standard internal services; chroot off so absolute socket paths work.
-            ("pickup unix n - n 60 1 pickup", []),
-            ("cleanup unix n - n - 0 cleanup", []),
-            ("qmgr unix n - n 300 1 qmgr", []),
-            ("tlsmgr unix - - n 1000? 1 tlsmgr", []),
-            ("rewrite unix - - n - - trivial-rewrite", []),
-            ("bounce unix - - n - 0 bounce", []),
-            ("defer unix - - n - 0 bounce", []),
-            ("trace unix - - n - 0 bounce", []),
-            ("verify unix - - n - 1 verify", []),
-            ("flush unix n - n 1000? 0 flush", []),
-            ("proxymap unix - - n - - proxymap", []),
-            ("proxywrite unix - - n - 1 proxymap", []),
-            ("smtp unix - - n - - smtp", []),
-            ("relay unix - - n - - smtp", []),
-            ("showq unix n - n - - showq", []),
-            ("error unix - - n - - error", []),
-            ("retry unix - - n - - error", []),
-            ("discard unix - - n - - discard", []),
-            (f"{LMTP_TRANSPORT} unix - - n - - lmtp", []),
-            ("anvil unix - - n - 1 anvil", []),
-            ("scache unix - - n - 1 scache", []),
-            ("postlog unix-dgram n - n - 1 postlogd", []),
         ]
-        lines = []
-        for head, options in services:
-            lines.append(head)
-            lines.extend(f"  -o {opt}" for opt in options)
-        path = self._postfix_conf / "master.cf"
-        path.write_text("\n".join(lines) + "\n")
-        _backdate(path)
+        write_postfix_master_cf(self._postfix_conf / "master.cf", services)
 
     def _dovecot_conf_text(self) -> str:
         r, p = self.dir, self.ports
