@@ -166,3 +166,13 @@ def assert_alert_fires(result: ProbeResult, directory: Path, method: Method, val
 
 METRIC = "mail_roundtrip_authentication_result"
 ALERT = "MailRoundTripAuthenticationFailing"
+
+
+async def test_a_letter_the_mx_refuses_as_spam_bounces_back_as_smtp_rejected(path: MailPath) -> None:
+    """The standard GTUBE: rspamd refuses it at the MX (554 5.7.1). The letter went out with RET=HDRS,
+    so its bounce carries only the headers, and the MX takes the bounce (with the whole letter it
+    would refuse that as well, and the probe would wait out its email timeout)."""
+    result = await probe_once(path_task(path, spam_test=SpamTest.GTUBE.value, email_timeout="30s"))
+    assert not result.success and result.reason is Reason.SMTP_REJECTED, (result.error, path.logs())
+    assert result.error is not None and "status 5.7.1" in result.error, result.error
+    assert path.messages(path.mailbox) == [] and junk_letters(path) == []
