@@ -27,6 +27,7 @@ from exporter.letter.token import Signer
 from exporter.probe.errors import Reason
 from exporter.probe.result import ProbeResult
 from exporter.report import render_report
+from exporter.web.console.task import facts
 from tests.tasks import config_of
 from tests.test_config import error_of, minimal
 
@@ -275,3 +276,14 @@ def test_spam_test_puts_the_pattern_in_the_body() -> None:
     assert b"GTUBE" not in plain
     assert marked.endswith(SPAM_TEST_PATTERNS[SpamTest.GTUBE_ADD_HEADER].encode() + b"\r\n")
     assert marked.split(b"\r\n\r\n")[0] == plain.split(b"\r\n\r\n")[0]  # the same headers: still ours
+
+
+def test_the_task_page_shows_where_and_how_it_arrived() -> None:
+    result = found(Placement.JUNK, reason=Reason.JUNK)
+    shown = dict(facts(result))
+    assert ">junk<" in shown["Placement"] and "spf=pass dkim=pass dmarc=pass" in shown["Authentication"]
+    assert shown["Hops"].count("<li>") == 3 and "mail.example.test (LMTP from mx.example.test)" in shown["Hops"]
+    hostile = read_arrival(
+        header_block("Received: from <script>x by <b>y; Sun, 06 Dec 2026 10:00:00 +0000"), Placement.INBOX, ()
+    )
+    assert "<script>" not in dict(facts(ProbeResult("d", "t", "x", 0.0, arrival=hostile)))["Hops"]

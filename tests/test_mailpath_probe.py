@@ -112,6 +112,15 @@ async def test_a_removed_dkim_key_fails_dkim_and_fires_the_alert(path: MailPath,
     assert_alert_fires(result, tmp_path, Method.DKIM, dkim)
 
 
+async def test_spf_and_dkim_broken_fail_dmarc_and_fire_the_alert(path: MailPath, tmp_path: Path) -> None:
+    path.break_spf()
+    path.remove_dkim_key()
+    result = await probe_once(path_task(path))
+    assert result.success, result.error  # rspamd here enforces no DMARC policy: the letter arrives
+    assert results(result.arrival)[Method.DMARC] == "fail", path.logs()
+    assert_alert_fires(result, tmp_path, Method.DMARC, "fail")
+
+
 async def test_an_unknown_recipient_bounces_as_smtp_rejected_at_once(path: MailPath) -> None:
     task = path_task(path, destination=path.unknown_recipient, email_timeout="600s")
     result = await probe_once(task)
@@ -126,7 +135,11 @@ async def test_an_unknown_recipient_bounces_as_smtp_rejected_at_once(path: MailP
 def assert_alert_fires(result: ProbeResult, directory: Path, method: Method, value: str) -> None:
     """The real letter's results, as /metrics shows them, held for 40 minutes in promtool: the shipped
     MailRoundTripAuthenticationFailing (its expression and duration; annotations left out, promtool
-    tests them in prometheus/tests) fires at 31 minutes, for this task and method."""
+    tests them in prometheus/tests) fires at 31 minutes, once for each of DKIM and DMARC that did not pass,
+    ``method`` among them."""
+    assert result.arrival is not None
+    failing = [(m, r) for m, r in result.arrival.authentication if m in (Method.DKIM, Method.DMARC) and r != "pass"]
+    assert (method, value) in failing
     stats = TaskStats("path", "t", 60.0, 600.0)
     stats.record(result)
     samples = [line for line in render_tasks([stats], openmetrics=False).splitlines() if line.startswith(METRIC + "{")]
@@ -151,7 +164,7 @@ def assert_alert_fires(result: ProbeResult, directory: Path, method: Method, val
                     {
                         "eval_time": "31m",
                         "alertname": ALERT,
-                        "exp_alerts": [{"exp_labels": labels | {"method": method.value, "result": value}}],
+                        "exp_alerts": [{"exp_labels": labels | {"method": m.value, "result": r}} for m, r in failing],
                     }
                 ],
             }
