@@ -17,6 +17,7 @@ from exporter.letter.arrival import Placement
 from exporter.letter.compose import build_letter
 from exporter.net.resolve import DeviceRun
 from exporter.probe.clock import PhaseClock
+from exporter.probe.errors import MailboxFailure
 from exporter.probe.result import ProbeResult
 from exporter.probe.watch import Mailbox
 from exporter.transcript import Transcript, recording
@@ -117,4 +118,25 @@ async def test_no_junk_folder_of_these_names_means_no_junk_search(rig: MailRig, 
         assert await session.find([token]) == []
     assert sent(transcript, "LIST") == 2 and sent(transcript, "UID SEARCH") == 1, transcript.text()
     assert sent(transcript, "EXAMINE") == 0 and sent(transcript, "STATUS") == 0
+    assert len(letters(rig, user, ".Spam")) == 1
+
+
+async def test_a_junk_folder_made_anew_since_the_search_is_not_touched(
+    rig: MailRig, sessions: list[MailboxSession]
+) -> None:
+    """Found at UID 1 of "Spam"; then someone deletes the folder and makes it anew with another letter,
+    also at UID 1. Deleting UID 1 now would take the wrong letter: UIDVALIDITY says so, nothing goes."""
+    token, raw = probe_letter()
+    user = user_with_folder(rig, "Spam", raw)
+    session, _ = await open_session(rig, user, sessions)
+    found = await session.find([token])
+    assert [letter.placement for letter in found] == [Placement.JUNK]
+    with imaplib.IMAP4(rig.host, rig.ports.imap, timeout=IMAPLIB_TIMEOUT) as imap:
+        imap.login(rig.address(user), rig.password(user))
+        assert imap.delete('"Spam"')[0] == "OK" and imap.create('"Spam"')[0] == "OK"
+        imap.logout()
+    append(rig, user, "Spam", FOREIGN)
+    with pytest.raises(MailboxFailure, match="changed"):
+        await session.delete(found)
+
     assert len(letters(rig, user, ".Spam")) == 1

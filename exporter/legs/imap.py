@@ -12,6 +12,7 @@ import dataclasses
 import re
 from collections.abc import AsyncIterator, Collection, Iterator
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
 from exporter.auth import sasl
 from exporter.auth.credentials import Credentials, login_of
@@ -46,6 +47,9 @@ _SWEEP_CRITERIA = [
     f"(HEADER {HEADER} {quoted(TOKEN_PREFIX)})",
     f"(HEADER Content-Type {quoted('delivery-status')} BODY {quoted(TOKEN_PREFIX)})",
 ]
+# Why the junk folder is selected: to search it (its UIDVALIDITY is learnt), to read or to delete a
+# letter found there (its UIDVALIDITY must not have changed since).
+FolderUse = Literal["search", "read", "delete"]
 _FETCH_START = re.compile(rb"^\d+ FETCH ")
 _UID = re.compile(rb"\bUID (\d+)")
 _INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
@@ -69,6 +73,7 @@ class ImapSession:
         self._trash_name: str | None = None
         # What the junk folder looked like when this session last searched it, and for which tokens.
         self._junk_seen: tuple[tuple[bytes, ...], frozenset[str]] | None = None
+        self._junk: JunkMemo | None = None  # the junk folder this session last searched
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
         # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
@@ -105,23 +110,27 @@ class ImapSession:
             assert junk.name is not None
             if await junk_state(self._client, junk.name) == self._junk_seen[0]:
                 return []
-        async with self._in_folder(junk, readonly=True) as opened:
+        async with self._in_folder(junk, "search") as opened:
             letters = await self._find_here(criteria, tokens, sweep_before, junk.letters)
-        self._junk_seen = (folder_state(opened), frozenset(tokens))
+        self._junk, self._junk_seen = junk, (folder_state(opened), frozenset(tokens))
         return [dataclasses.replace(letter, placement=Placement.JUNK) for letter in letters]
 
     @contextlib.asynccontextmanager
-    async def _in_folder(self, junk: JunkMemo, readonly: bool) -> AsyncIterator[Reply]:
-        """With the junk folder selected (read-only to search it), then the configured mailbox again.
-        After a failure the session ends anyway: it is not selected back."""
+    async def _in_folder(self, junk: JunkMemo, purpose: FolderUse) -> AsyncIterator[Reply]:
+        """With the junk folder selected (read-only, but to delete), then the configured mailbox
+        again. After a failure the session ends anyway: it is not selected back."""
         name, client = junk.name, self._client
         assert name is not None
-        opened = await (client.examine(name) if readonly else client.select(name))
+        command = "SELECT" if purpose == "delete" else "EXAMINE"
+        opened = await (client.select(name) if command == "SELECT" else client.examine(name))
         if not opened.ok:
             self._memo.junk = None  # renamed or removed: looked for again by the next probe
-            command = "EXAMINE" if readonly else "SELECT"
             raise MailboxFailure(f"{command} {name!r} (the junk folder) failed: {opened.text()}")
-        junk.letters.renew(uid_validity(opened))
+        if purpose == "search":
+            junk.letters.renew(uid_validity(opened))
+        elif uid_validity(opened) != junk.letters.validity:
+            # Its UIDs now name other letters (the folder was made anew): touch none of them.
+            raise MailboxFailure(f"the junk folder {name!r} changed (UIDVALIDITY) since it was searched")
         yield opened
         self._checked(f"SELECT {self._config.mailbox!r}", await client.select(self._config.mailbox))
 
@@ -154,9 +163,9 @@ class ImapSession:
         in_junk = [letter for letter in letters if letter.placement is Placement.JUNK]
         if here:
             await self._delete_in(self._config.mailbox, self._memo, here)
-        junk = self._memo.junk
+        junk = self._junk  # the folder this session found them in
         if in_junk and junk is not None and junk.name is not None:
-            async with self._in_folder(junk, readonly=False):
+            async with self._in_folder(junk, "delete"):
                 await self._delete_in(junk.name, junk.letters, in_junk)
 
     async def _delete_in(self, mailbox: str, memo: LetterMemo, letters: Collection[FoundLetter]) -> None:
@@ -176,11 +185,12 @@ class ImapSession:
             self._checked("UID EXPUNGE", await client.uid_expunge(uid_set))
 
     async def header_block(self, letter: FoundLetter) -> bytes | None:
-        junk = self._memo.junk
-        if letter.placement is Placement.JUNK and junk is not None:
-            async with self._in_folder(junk, readonly=True):
-                return await self._header_block(letter.ref)
-        return await self._header_block(letter.ref)
+        if letter.placement is Placement.INBOX:
+            return await self._header_block(letter.ref)
+        if self._junk is None:
+            return None
+        async with self._in_folder(self._junk, "read"):
+            return await self._header_block(letter.ref)
 
     async def _header_block(self, uid: str) -> bytes | None:
         reply = await self._client.uid_fetch(uid, _HEADER_ITEMS)
