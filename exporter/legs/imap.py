@@ -74,6 +74,7 @@ class ImapSession:
         # What the junk folder looked like when this session last searched it, and for which tokens.
         self._junk_seen: tuple[tuple[bytes, ...], frozenset[str]] | None = None
         self._junk: JunkMemo | None = None  # the junk folder this session last searched
+        self._junk_validity: str | None = None  # and its UIDVALIDITY then (the memo's may be newer)
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
         # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
@@ -127,8 +128,9 @@ class ImapSession:
             self._memo.junk = None  # renamed or removed: looked for again by the next probe
             raise MailboxFailure(f"{command} {name!r} (the junk folder) failed: {opened.text()}")
         if purpose == "search":
-            junk.letters.renew(uid_validity(opened))
-        elif uid_validity(opened) != junk.letters.validity:
+            self._junk_validity = uid_validity(opened)
+            junk.letters.renew(self._junk_validity)
+        elif uid_validity(opened) != self._junk_validity:
             # Its UIDs now name other letters (the folder was made anew): touch none of them.
             raise MailboxFailure(f"the junk folder {name!r} changed (UIDVALIDITY) since it was searched")
         yield opened
