@@ -600,6 +600,24 @@ class MailRig:
             )
         return added
 
+    def set_password(self, user: str, password: str) -> None:
+        """Give an existing user another password; returns once Dovecot takes the new one."""
+        addr = self.address(user)
+        _check_account(addr, password)
+        self._passwords[addr] = password
+        self._passwd_file.write_text("".join(self._passwd_line(known) for known in self._passwords))
+        if self._dovecot is not None:
+            self._doveadm("reload")
+            self.wait_for(lambda: self._dovecot_takes(addr, password), START_TIMEOUT, f"the new password of {addr}")
+
+    def _dovecot_takes(self, addr: str, password: str) -> bool:
+        args = [DOVEADM, "-c", str(self._dovecot_conf), "auth", "test", addr, password]
+        return subprocess.run(args, capture_output=True, check=False).returncode == 0
+
+    def kick(self, user: str) -> None:
+        """Drop the user's IMAP and POP3 sessions from the server's side (doveadm kick)."""
+        self._doveadm("kick", self.address(user))
+
     def add_undeliverable(self, name: str) -> str:
         """An address Postfix accepts at RCPT that Dovecot's LMTP then rejects (550 5.1.1 unknown
         user): every letter to it comes back as a real bounce (DSN) to its envelope sender."""

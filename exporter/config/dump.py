@@ -127,6 +127,7 @@ def _incoming(incoming: IncomingConfig) -> Tree:
         "mailbox": incoming.mailbox,
         "poll_interval": _seconds(incoming.poll_interval),
         **({"cleanup": incoming.cleanup.value} if incoming.cleanup is not None else {}),
+        **({"persistent": True, "fresh_login_every": incoming.fresh_login_every} if incoming.persistent else {}),
     }
 
 

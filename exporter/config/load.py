@@ -28,6 +28,7 @@ from exporter.config.fields import (
     default_helo_name,
     duration,
     enum_choice,
+    integer,
     shown,
     split_host_port,
 )
@@ -35,11 +36,13 @@ from exporter.config.model import (
     COMPLETION_TIMEOUT_BOUNDS,
     DEFAULT_COMPLETION_TIMEOUT,
     DEFAULT_EMAIL_TIMEOUT,
+    DEFAULT_FRESH_LOGIN_EVERY,
     DEFAULT_INTERVAL,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_POLL_INTERVAL,
     DNS_TIMEOUT_BOUNDS,
     EMAIL_TIMEOUT_BOUNDS,
+    FRESH_LOGIN_EVERY_BOUNDS,
     INTERVAL_BOUNDS,
     MAX_INCLUDED_FILES,
     MAX_PASSWORD_FILE_BYTES,
@@ -186,9 +189,15 @@ def _incoming(node: Node, reading: Reading) -> IncomingConfig:
         mailbox=mailbox,
         poll_interval=node.get("poll_interval", duration("s", POLL_INTERVAL_BOUNDS), DEFAULT_POLL_INTERVAL),
         cleanup=node.get("cleanup", enum_choice(Cleanup), None),
+        persistent=node.get("persistent", as_bool, False),
+        fresh_login_every=node.get("fresh_login_every", integer(FRESH_LOGIN_EVERY_BOUNDS), DEFAULT_FRESH_LOGIN_EVERY),
     )
     if protocol is Protocol.POP3 and incoming.cleanup is Cleanup.TRASH:
         raise node.error("POP3 has no folders to move a letter to; remove cleanup", "cleanup")
+    if protocol is Protocol.POP3 and incoming.persistent:
+        raise node.error("POP3 cannot keep a session (it sees only mail there at login); remove it", "persistent")
+    if node.has("fresh_login_every") and not incoming.persistent:
+        raise node.error("fresh_login_every needs persistent: true", "fresh_login_every")
     node.finish()
     return incoming
 

@@ -20,6 +20,8 @@ DEFAULT_POLL_INTERVAL = 5.0
 
 DEFAULT_MAX_IN_FLIGHT = 3
 
+DEFAULT_FRESH_LOGIN_EVERY = 10
+
 
 # Bounds (README: Configuration, Bounds). Durations in seconds, (shortest, longest).
 INTERVAL_BOUNDS = (1.0, 86400.0)
@@ -35,6 +37,8 @@ POLL_INTERVAL_BOUNDS = (0.1, 3600.0)
 DNS_TIMEOUT_BOUNDS = (0.01, 600.0)
 
 MAX_IN_FLIGHT_LIMIT = 100
+
+FRESH_LOGIN_EVERY_BOUNDS = (1, 1000)
 
 MAX_TEXT = 4096  # characters in any string setting (paths, header values, ...)
 
@@ -209,6 +213,8 @@ class IncomingConfig:
     mailbox: str = "INBOX"
     poll_interval: float = DEFAULT_POLL_INTERVAL
     cleanup: Cleanup | None = None  # None: delete, or trash where the server is Gmail (X-GM-EXT-1)
+    persistent: bool = False  # IMAP: keep the session across probes (legs.keep)
+    fresh_login_every: int = DEFAULT_FRESH_LOGIN_EVERY  # with persistent: every Nth probe logs in anew
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,15 @@ class ImapSession:
     async def close(self) -> None:
         await self._client.discard(polite=True)
 
+    @property
+    def reusable(self) -> bool:
+        """Fit for another probe (persistent: true, legs.keep): open and in step with the server."""
+        return self._client.healthy
+
+    async def check(self) -> None:
+        """NOOP: that a kept session is still there and logged in (raises a ProbeError if not)."""
+        self._checked("NOOP", await self._client.noop())
+
     async def _search(self, criteria: list[str]) -> list[str]:
         """Matching UIDs, lowest first."""
         client = self._client
