@@ -438,6 +438,7 @@ class MailRig:
         self._oauth: subprocess.Popen[bytes] | None = None
         self._postfix_running = False
         self._defer_transports = ""
+        self._postfix_extra: dict[str, str] = {}
         self._started = False
         self._removed = False
         atexit.register(self.stop)  # never leave daemons behind on exit
@@ -740,6 +741,13 @@ class MailRig:
         """Queue ids of all messages in the Postfix queue."""
         return [str(entry["queue_id"]) for entry in self.queue()]
 
+    def set_postfix(self, settings: dict[str, str]) -> None:
+        """Add main.cf settings of a caller's own (the benchmark's end-of-data policy clock) and reload."""
+        self._postfix_extra.update(settings)
+        self._write_postfix_main_cf()
+        if self._postfix_running:
+            self._postfix_reload()
+
     def _set_defer_transports(self, value: str) -> None:
         self._defer_transports = value
         self._write_postfix_main_cf()
@@ -1035,6 +1043,7 @@ class MailRig:
             "mailbox_size_limit": "0",
             "virtual_mailbox_limit": "0",
             "biff": "no",
+            **self._postfix_extra,
         }
 
     def _write_postfix_main_cf(self) -> None:
