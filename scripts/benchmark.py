@@ -692,6 +692,8 @@ def py_spy(pid: int, seconds: float, workdir: Path) -> list[str]:
         "py-spy",
         "record",
         "--nonblocking",
+        "--rate",
+        "500",
         "--format",
         "raw",
         "--duration",

@@ -24,7 +24,8 @@ FRESH = {"mailbox_connect", "mailbox_tls", "mailbox_login"}
 
 
 def persistent_task(rig: MailRig, user: str, every: int) -> dict[str, Any]:
-    task = task_dict(rig, user, name="kept", completion_timeout="10s")
+    """SMTP without AUTH (port 25, STARTTLS): a password changed for the mailbox must not fail the SMTP leg."""
+    task = task_dict(rig, user, smtp="smtp-starttls", name="kept", completion_timeout="10s")
     task["incoming"].update(persistent=True, fresh_login_every=every)
     return task
 
