@@ -624,8 +624,13 @@ def run_scale(
         result.total = parse_counts(get(conn, "/metrics").decode())
         if side is not None and peer is not None and result.peer is not None:
             result.peer.rss_peak_kb = peak_rss_kb(peer[0].pid)
-            body = get(http.client.HTTPConnection("127.0.0.1", peer[1], timeout=60), "/metrics").decode()
-            peer_check(body, side.watcher, result.peer)
+            if peer[0].poll() is None:
+                body = get(http.client.HTTPConnection("127.0.0.1", peer[1], timeout=60), "/metrics").decode()
+                peer_check(body, side.watcher, result.peer)
+            else:
+                log = (workdir / f"peer-{len(users)}.log").read_text(errors="replace").strip().splitlines()
+                said = next((line for line in log if line.startswith(("fatal error", "panic"))), log[-1] if log else "")
+                result.peer.exited = f"exited with {peer[0].returncode}: {said}"
         if profile > 0:
             result.profile = py_spy(proc.pid, profile, workdir)
     finally:
@@ -796,6 +801,7 @@ class Peer:
     errors: list[float] = field(default_factory=list)  # its delivery time - (stored - accepted), s
     own_check: list[float] = field(default_factory=list)  # its own last figure - (stored - its start), s
     send_fails: float = 0.0
+    exited: str = ""  # it stopped during the run (what its log says of why)
 
 
 def start_peer(
@@ -1100,6 +1106,8 @@ def failures_text(streams: Sequence[Stream], results: Sequence[Scale]) -> list[s
     for r in results:
         if r.total.failures:
             lines.append(f"{r.tasks} tasks, whole run incl. warm-up: {dict(r.total.failures)}")
+        if r.peer is not None and r.peer.exited:
+            lines.append(f"{r.tasks} tasks: cherti/mailexporter {r.peer.exited}")
     return lines
 
 
