@@ -7,7 +7,10 @@ It starts its own Postfix + Dovecot (tests/rig.py) on loopback and prints figure
    the Maildir (inotify on ``new/``), for IMAP IDLE, for the exporter's own polling path (1 s) and
    for a naive baseline (stdlib smtplib/imaplib: a fresh login and a search every second).
 2. Scale: the exporter as a subprocess with N tasks (one mailbox user each): CPU per probe, CPU share
-   of one core, peak RSS, mailbox logins per probe and /metrics render time.
+   of one core, peak RSS, mailbox logins per probe and /metrics render time; beside it, in the same
+   window, cherti/mailexporter (Debian's prometheus-mailexporter) with as many servers: its CPU per
+   probe, peak RSS and delivery-time error against the Maildir, and the ratios (skipped with a message
+   when /usr/bin/mailexporter is absent, or with --no-peer).
 """
 
 from __future__ import annotations
@@ -1164,10 +1167,13 @@ def peer_table(streams: Sequence[Stream], results: Sequence[Scale], persistent: 
             f"| {theirs:.1f} ({1000 * p.cpu_sys / max(1, p.letters):.1f}) | {p.rss_peak_kb / 1024:.0f} "
             f"| {ms(pct(p.errors, 50))} / {ms(pct(p.errors, 95))} (n={len(p.errors)}) |"
         )
-        ratios.append(
-            f"{r.tasks} tasks: CPU per probe {ours / theirs:.1f}x the peer's, peak RSS "
-            f"{r.rss_peak_kb / max(1, p.rss_peak_kb):.1f}x; the peer's send failures: {p.send_fails:.0f}"
-        )
+        if p.letters and p.rss_peak_kb:
+            ratios.append(
+                f"{r.tasks} tasks: CPU per probe {ours / theirs:.1f}x the peer's, peak RSS "
+                f"{r.rss_peak_kb / p.rss_peak_kb:.1f}x; the peer's send failures: {p.send_fails:.0f}"
+            )
+        else:
+            ratios.append(f"{r.tasks} tasks: no ratio, the peer delivered nothing in the window {p.exited}".rstrip())
         if p.own_check:
             checks.append(
                 f"{r.tasks} tasks: the peer's own last delivery time minus (stored - its start): p50 "
