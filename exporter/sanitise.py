@@ -30,7 +30,9 @@ def server_text(raw: str | bytes, limit: int = SERVER_TEXT_LIMIT, hide: Collecti
     """
     text = _hidden(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw, hide)
     flat = " ".join(text.split())
-    clean = _hidden("".join(c if c.isprintable() else "?" for c in flat), hide)
+    if not flat.isprintable():  # the common line is printable already: no pass over each character
+        flat = "".join(c if c.isprintable() else "?" for c in flat)
+    clean = _hidden(flat, hide)
     return clean if len(clean) <= limit else clean[:limit] + "..."
 
 

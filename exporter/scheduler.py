@@ -113,6 +113,7 @@ class TaskRunner:
         for probe in list(self.probes):
             probe.cancel()
         await asyncio.gather(*self.probes, return_exceptions=True)
+        await self.mailbox.close()
 
 
 def _log_result(result: ProbeResult) -> None:

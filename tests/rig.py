@@ -523,6 +523,7 @@ class MailRig:
         self._oauth: subprocess.Popen[bytes] | None = None
         self._postfix_running = False
         self._defer_transports = ""
+        self._postfix_extra: dict[str, str] = {}
         self._started = False
         self._removed = False
         atexit.register(self.stop)  # never leave daemons behind on exit
@@ -680,6 +681,24 @@ class MailRig:
             )
         return added
 
+    def set_password(self, user: str, password: str) -> None:
+        """Give an existing user another password; returns once Dovecot takes the new one."""
+        addr = self.address(user)
+        _check_account(addr, password)
+        self._passwords[addr] = password
+        self._passwd_file.write_text("".join(self._passwd_line(known) for known in self._passwords))
+        if self._dovecot is not None:
+            self._doveadm("reload")
+            self.wait_for(lambda: self._dovecot_takes(addr, password), START_TIMEOUT, f"the new password of {addr}")
+
+    def _dovecot_takes(self, addr: str, password: str) -> bool:
+        args = [DOVEADM, "-c", str(self._dovecot_conf), "auth", "test", addr, password]
+        return subprocess.run(args, capture_output=True, check=False).returncode == 0
+
+    def kick(self, user: str) -> None:
+        """Drop the user's IMAP and POP3 sessions from the server's side (doveadm kick)."""
+        self._doveadm("kick", self.address(user))
+
     def add_undeliverable(self, name: str) -> str:
         """An address Postfix accepts at RCPT that Dovecot's LMTP then rejects (550 5.1.1 unknown
         user): every letter to it comes back as a real bounce (DSN) to its envelope sender."""
@@ -802,6 +821,13 @@ class MailRig:
     def queue_ids(self) -> list[str]:
         """Queue ids of all messages in the Postfix queue."""
         return [str(entry["queue_id"]) for entry in self.queue()]
+
+    def set_postfix(self, settings: dict[str, str]) -> None:
+        """Add main.cf settings of a caller's own (the benchmark's end-of-data policy clock) and reload."""
+        self._postfix_extra.update(settings)
+        self._write_postfix_main_cf()
+        if self._postfix_running:
+            self._postfix_reload()
 
     def _set_defer_transports(self, value: str) -> None:
         self._defer_transports = value
@@ -1083,6 +1109,7 @@ class MailRig:
             "mailbox_size_limit": "0",
             "virtual_mailbox_limit": "0",
             "biff": "no",
+            **self._postfix_extra,
         }
 
     def _write_postfix_main_cf(self) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from exporter.config.model import TaskConfig
 from exporter.legs.mailbox import MailboxSession
 from exporter.letter.arrival import Placement
 from exporter.letter.compose import build_letter
@@ -62,15 +61,17 @@ async def sessions() -> AsyncIterator[list[MailboxSession]]:
 
 
 async def open_session(
-    rig: MailRig, user: str, opened: list[MailboxSession], **incoming: Any
-) -> tuple[MailboxSession, TaskConfig]:
+    rig: MailRig, user: str, opened: list[MailboxSession], mailbox: Mailbox | None = None, **incoming: Any
+) -> tuple[MailboxSession, Mailbox]:
+    """A session as a probe opens it (``mailbox``: the task's, kept across probes, else a new one)."""
     task = task_dict(rig, user, mailbox="imaps")
     task["incoming"].update(incoming)
     device, config = config_of(task).tasks()[0]
     result = ProbeResult(device.name, config.name, "x", 0.0)
-    session = await Mailbox(config.incoming, SIGNER).open(PhaseClock(10), DeviceRun(device).resolver(config), result)
+    mailbox = mailbox or Mailbox(config.incoming, SIGNER)
+    session = await mailbox.open(PhaseClock(10), DeviceRun(device).resolver(config), result)
     opened.append(session)
-    return session, config
+    return session, mailbox
 
 
 async def test_the_first_listed_name_is_searched_and_only_our_letter_leaves_it(
@@ -138,5 +139,30 @@ async def test_a_junk_folder_made_anew_since_the_search_is_not_touched(
     append(rig, user, "Spam", FOREIGN)
     with pytest.raises(MailboxFailure, match="changed"):
         await session.delete(found)
+    await session.close()
 
     assert len(letters(rig, user, ".Spam")) == 1
+
+
+async def test_a_kept_session_left_outside_its_mailbox_is_not_kept(
+    rig: MailRig, sessions: list[MailboxSession]
+) -> None:
+    """persistent: true. A failure in the junk folder leaves the session there (or nowhere, after a
+    failed EXAMINE): the next probe must not search what it takes for the inbox. It logs in anew."""
+    token, raw = probe_letter()
+    user = user_with_folder(rig, "Spam", raw)
+    first, mailbox = await open_session(rig, user, sessions, persistent=True)
+    assert [letter.placement for letter in await first.find([token])] == [Placement.JUNK]
+    with imaplib.IMAP4(rig.host, rig.ports.imap, timeout=IMAPLIB_TIMEOUT) as imap:
+        imap.login(rig.address(user), rig.password(user))
+        assert imap.delete('"Spam"')[0] == "OK"  # gone between the lookup and the search
+        imap.logout()
+    with pytest.raises(MailboxFailure, match="EXAMINE 'Spam'"):
+        await first.find([probe_letter()[0]])  # another probe's token: the folder is searched again
+    await first.close()  # handed back to the task's keeper
+    with recording("d", "t") as transcript:
+        second, _ = await open_session(rig, user, sessions, mailbox)
+        assert await second.find([token]) == []
+    await second.close()
+    await mailbox.close()  # the task's keeper logs the kept session out
+    assert sent(transcript, "LOGIN") == 1 and sent(transcript, "SELECT") == 1, transcript.text()

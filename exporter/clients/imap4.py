@@ -378,14 +378,18 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
         except (aioimaplib.AioImapException, ValueError) as exc:
             raise ProtocolFailure(f"{command} failed: {server_text(str(exc))}") from None
 
+    @property
+    def healthy(self) -> bool:
+        """Open and in step with the server: not closed, not inside IDLE, no command cut off."""
+        if self.protocol.transport is None or self._closed.done():
+            return False
+        return not self.has_pending_idle() and not self.interrupted
+
     async def discard(self, polite: bool) -> None:
         """Close the session; LOGOUT only when the connection is healthy (after a timeout it is not)."""
         transport = self.protocol.transport
         # LOGOUT inside IDLE would wait for a DONE that never comes: skip the courtesy then.
-        healthy = (
-            transport is not None and not self._closed.done() and not self.has_pending_idle() and not self.interrupted
-        )
-        if polite and healthy:
+        if polite and self.healthy:
             try:
                 async with asyncio.timeout(GOODBYE_SECONDS):
                     await self.protocol.logout()

@@ -132,6 +132,7 @@ def _incoming(incoming: IncomingConfig) -> Tree:
         **({"cleanup": incoming.cleanup.value} if incoming.cleanup is not None else {}),
         **(_junk(incoming) if incoming.protocol is Protocol.IMAP else {}),
         **({"authserv_ids": list(incoming.authserv_ids)} if incoming.authserv_ids else {}),
+        **({"persistent": True, "fresh_login_every": incoming.fresh_login_every} if incoming.persistent else {}),
     }
 
 

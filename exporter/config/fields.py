@@ -191,6 +191,18 @@ def as_in_flight(value: object) -> int:
     return value
 
 
+def integer(bounds: tuple[int, int]) -> Callable[[object], int]:
+    """An integer within ``bounds`` (both included)."""
+    low, high = bounds
+
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer {low}..{high}, got {shown(value)}")
+        return value
+
+    return convert
+
+
 def as_port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise ValueError(f"must be a port number 1..65535, got {shown(value)}")

@@ -29,6 +29,7 @@ from exporter.config.fields import (
     default_helo_name,
     duration,
     enum_choice,
+    integer,
     list_of,
     shown,
     split_host_port,
@@ -37,12 +38,14 @@ from exporter.config.model import (
     COMPLETION_TIMEOUT_BOUNDS,
     DEFAULT_COMPLETION_TIMEOUT,
     DEFAULT_EMAIL_TIMEOUT,
+    DEFAULT_FRESH_LOGIN_EVERY,
     DEFAULT_INTERVAL,
     DEFAULT_JUNK_FOLDERS,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_POLL_INTERVAL,
     DNS_TIMEOUT_BOUNDS,
     EMAIL_TIMEOUT_BOUNDS,
+    FRESH_LOGIN_EVERY_BOUNDS,
     INTERVAL_BOUNDS,
     MAX_INCLUDED_FILES,
     MAX_NAMES,
@@ -194,11 +197,17 @@ def _incoming(node: Node, reading: Reading) -> IncomingConfig:
         junk_folders=node.get("junk_folders", list_of(as_mailbox, MAX_NAMES), DEFAULT_JUNK_FOLDERS),
         junk_is_failure=node.get("junk_is_failure", as_bool, True),
         authserv_ids=node.get("authserv_ids", list_of(as_authserv_id, MAX_NAMES), ()),
+        persistent=node.get("persistent", as_bool, False),
+        fresh_login_every=node.get("fresh_login_every", integer(FRESH_LOGIN_EVERY_BOUNDS), DEFAULT_FRESH_LOGIN_EVERY),
     )
     if protocol is Protocol.POP3 and node.has("junk_folders") and incoming.junk_folders:
         raise node.error("POP3 sees only the INBOX, no junk folder; remove junk_folders", "junk_folders")
     if protocol is Protocol.POP3 and incoming.cleanup is Cleanup.TRASH:
         raise node.error("POP3 has no folders to move a letter to; remove cleanup", "cleanup")
+    if protocol is Protocol.POP3 and incoming.persistent:
+        raise node.error("POP3 cannot keep a session (it sees only mail there at login); remove it", "persistent")
+    if node.has("fresh_login_every") and not incoming.persistent:
+        raise node.error("fresh_login_every needs persistent: true", "fresh_login_every")
     node.finish()
     return incoming
 

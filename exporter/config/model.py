@@ -23,6 +23,7 @@ DEFAULT_MAX_IN_FLIGHT = 3
 # Where servers file spam when they do not mark the folder \Junk (RFC 6154): Dovecot and most
 # others, Exchange and Microsoft 365, other mail programs, Gmail (which does mark it), Courier.
 DEFAULT_JUNK_FOLDERS = ("Junk", "Junk E-mail", "Junk Email", "Spam", "[Gmail]/Spam", "INBOX.Junk", "INBOX.Spam")
+DEFAULT_FRESH_LOGIN_EVERY = 10
 
 
 # Bounds (README: Configuration, Bounds). Durations in seconds, (shortest, longest).
@@ -39,6 +40,8 @@ POLL_INTERVAL_BOUNDS = (0.1, 3600.0)
 DNS_TIMEOUT_BOUNDS = (0.01, 600.0)
 
 MAX_IN_FLIGHT_LIMIT = 100
+
+FRESH_LOGIN_EVERY_BOUNDS = (1, 1000)
 
 MAX_TEXT = 4096  # characters in any string setting (paths, header values, ...)
 
@@ -227,6 +230,8 @@ class IncomingConfig:
     junk_folders: tuple[str, ...] = DEFAULT_JUNK_FOLDERS
     junk_is_failure: bool = True  # a letter found in the junk folder fails the probe (reason junk)
     authserv_ids: tuple[str, ...] = ()  # whose Authentication-Results to trust; (): the topmost one
+    persistent: bool = False  # IMAP: keep the session across probes (legs.keep)
+    fresh_login_every: int = DEFAULT_FRESH_LOGIN_EVERY  # with persistent: every Nth probe logs in anew
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class ImapSession:
         self._junk_seen: tuple[tuple[bytes, ...], frozenset[str]] | None = None
         self._junk: JunkMemo | None = None  # the junk folder this session last searched
         self._junk_validity: str | None = None  # and its UIDVALIDITY then (the memo's may be newer)
+        self._home = True  # the configured mailbox is selected
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
         # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
@@ -123,6 +124,7 @@ class ImapSession:
         name, client = junk.name, self._client
         assert name is not None
         command = "SELECT" if purpose == "delete" else "EXAMINE"
+        self._home = False  # (a failed SELECT or EXAMINE leaves no mailbox selected, RFC 3501 6.3.1)
         opened = await (client.select(name) if command == "SELECT" else client.examine(name))
         if not opened.ok:
             self._memo.junk = None  # renamed or removed: looked for again by the next probe
@@ -135,6 +137,7 @@ class ImapSession:
             raise MailboxFailure(f"the junk folder {name!r} changed (UIDVALIDITY) since it was searched")
         yield opened
         self._checked(f"SELECT {self._config.mailbox!r}", await client.select(self._config.mailbox))
+        self._home = True
 
     async def _fetch(self, uids: list[str], memo: LetterMemo) -> list[FoundLetter]:
         """The letters of ours among ``uids``; what each one is, the memo keeps (see LetterMemo)."""
@@ -178,7 +181,9 @@ class ImapSession:
         if cleanup_of(self._config.cleanup, client.capabilities) is Cleanup.TRASH:
             trash = await self._trash()
             if trash != mailbox:  # a probe that reads the Trash itself deletes in place
+                home, self._home = self._home, False
                 await move_to_trash(client, uid_set, mailbox, trash)
+                self._home = home  # move_to_trash selected ``mailbox`` again
                 return
         self._checked("UID STORE", await client.uid_store(uid_set, r"(\Deleted)"))
         # Without UIDPLUS a plain EXPUNGE would also remove letters someone else marked \Deleted:
@@ -224,6 +229,17 @@ class ImapSession:
 
     async def close(self) -> None:
         await self._client.discard(polite=True)
+
+    @property
+    def reusable(self) -> bool:
+        """Fit for another probe (persistent: true, legs.keep): open, in step with the server, and
+        with the configured mailbox selected (a failure in the junk folder or the Trash may leave
+        another one, or none)."""
+        return self._client.healthy and self._home
+
+    async def check(self) -> None:
+        """NOOP: that a kept session is still there and logged in (raises a ProbeError if not)."""
+        self._checked("NOOP", await self._client.noop())
 
     async def _search(self, criteria: list[str]) -> list[str]:
         """Matching UIDs, lowest first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio.sslproto
 import functools
 import os
 import ssl
@@ -9,6 +10,12 @@ from dataclasses import dataclass
 
 from exporter.config.model import TLSOptions
 from exporter.probe.errors import TLSFailure
+
+# asyncio gives every TLS connection a read buffer of 256 KB, zero-filled (so resident) as the connection
+# is made, and reads up to that much at a time. A probe's replies are a few KB, and a persistent session
+# keeps its buffer: 1,000 kept sessions would hold 256 MB. Two TLS records' worth is plenty.
+TLS_READ_BUFFER = 32 * 1024
+asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 # A clear-text client on an implicit-TLS port waits for a greeting that never comes: say so.
 GREETING_HINT = " (waiting for the greeting: if this port speaks TLS from the start, set security: tls)"

@@ -38,6 +38,7 @@ async def run_probe(
     token = signer.new_token()
     result = ProbeResult(device=device, task=task.name, token=token.value, started=time.time())
     clock = PhaseClock(task.completion_timeout)
+    own_mailbox = mailbox is None  # a one-off probe (--once): nothing is kept after it
     mailbox = mailbox or Mailbox(task.incoming, signer)
     secrets = (task.smtp.password, task.incoming.server.password)
     try:
@@ -57,6 +58,8 @@ async def run_probe(
         log.exception("probe %s/%s failed unexpectedly", device, task.name)
         result.reason, result.error = Reason.PROTOCOL, f"unexpected error: {type(exc).__name__}"
     finally:
+        if own_mailbox:
+            await mailbox.close()
         result.phases = dict(clock.durations)
         result.spans = clock.spans
         result.finished = time.time()

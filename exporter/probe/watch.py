@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from exporter.auth.credentials import Credentials, obtain
 from exporter.config.model import MAX_EMAIL_TIMEOUT, IncomingConfig, TaskConfig
+from exporter.legs.keep import Keeper
 from exporter.legs.mailbox import Access, FoundLetter, MailboxSession
 from exporter.legs.memo import LetterMemo
 from exporter.legs.smtp import Receipt
@@ -50,6 +51,11 @@ class Mailbox:
     late: dict[str, float] = field(default_factory=dict)
     on_late: Callable[[FoundLetter, float], None] = lambda letter, accepted: None
     next_sweep: float = float("-inf")  # monotonic time: the first probe sweeps
+    keeper: Keeper | None = None  # the session kept across probes (persistent: true)
+
+    def __post_init__(self) -> None:
+        if self.config.persistent:
+            self.keeper = Keeper(self.config)
 
     def claim_sweep(self) -> float | None:
         """If a sweep is due: its cutoff (letters of ours made before it are leftovers, Unix time),
@@ -79,9 +85,19 @@ class Mailbox:
         async def credentials() -> Credentials | None:
             return await obtain(config.server, clock, Leg.MAILBOX)
 
-        session = await open_mailbox(config, Access(credentials, connect), clock, self.signer, self.memo)
+        access = Access(credentials, connect)
+        if self.keeper is not None:
+            session = await self.keeper.open(access, clock, self.signer, self.memo)
+        else:
+            session = await open_mailbox(config, access, clock, self.signer, self.memo)
+        result.mailbox.address = result.mailbox.address or session.address  # a kept session did not dial
         result.mailbox.tls = session.tls
         return session
+
+    async def close(self) -> None:
+        """Log out a kept session (the task is removed, the exporter stops)."""
+        if self.keeper is not None:
+            await self.keeper.close()
 
 
 async def wait_for_letter(
