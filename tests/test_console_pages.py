@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from exporter import cli
 from exporter.config.load import parse_config
 from exporter.config.model import Secret
+from exporter.letter.arrival import Placement, read_arrival
 from exporter.probe.clock import PhaseClock
 from exporter.probe.history import ProbeHistory, pack, unpack
 from exporter.probe.phases import Leg, Phase
@@ -129,11 +130,21 @@ def test_history_is_bounded_and_keeps_the_last_failure_with_its_transcript() -> 
 def test_a_kept_probe_is_the_probe_without_its_transcript(success: bool) -> None:
     made = result("d", "t", success=success, finished=time.time())
     made.server_delivery_seconds, made.swept, made.smtp.tls = -0.5, 2, None
+    made.arrival = read_arrival(ARRIVED, Placement.JUNK, ())  # where and how it arrived is kept too
+    assert made.arrival.hops and made.arrival.authentication
     assert unpack(pack(made)) == dataclasses.replace(made, transcript=None)
     packed = pack(made)
     for _ in range(4):  # each collection untracks one more level of tuples of plain values
         gc.collect()
     assert not gc.is_tracked(packed)  # kept probes cost a full garbage collection nothing
+
+
+ARRIVED = (
+    b"Received: from mx.test by imap.test with LMTP; Sun, 06 Dec 2026 10:00:02 +0000\r\n"
+    b"Authentication-Results: mx.test; spf=pass; dkim=none; dmarc=fail\r\n"
+    b"X-Rspamd-Score: 7.5\r\n"
+    b"Received: from [127.0.0.1] by mail.test with ESMTPSA; Sun, 06 Dec 2026 10:00:00 +0000\r\n\r\n"
+)
 
 
 def test_transcript_keeps_head_and_tail_hides_echoed_passwords_and_our_letter_header() -> None:
