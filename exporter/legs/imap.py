@@ -244,9 +244,11 @@ class ImapSession:
     async def _search(self, criteria: list[str]) -> list[str]:
         """Matching UIDs, lowest first."""
         client = self._client
-        # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail.
-        self._checked("NOOP", await client.noop())
-        client.new_mail = False  # what NOOP announced, this search sees; later news it may miss
+        # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail,
+        # unless the server has just announced some (IDLE's EXISTS): then its view has it already.
+        if not client.new_mail:
+            self._checked("NOOP", await client.noop())
+        client.new_mail = False  # what was announced, this search sees; later news it may miss
         reply = self._checked("UID SEARCH", await client.uid_search(criteria))
         uids = {int(word) for line in reply.lines[:-1] for word in line.split() if word.isdigit()}
         return [str(uid) for uid in sorted(uids)]
