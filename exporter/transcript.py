@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -63,8 +64,13 @@ class Transcript:
     hide: tuple[Secret, ...] = field(default=(), repr=False)  # the task's passwords, should a server echo one
     logged: int = field(default=0, repr=False)
     logging: bool = field(default_factory=_debug_logging, repr=False)
+    # Once the probe has ended (seal): its lines as (times, flags, texts joined by newlines: a line is
+    # one line of server_text, so it holds none), and how many of them are the head.
+    sealed: tuple[bytes, bytes, str, int] | None = field(default=None, repr=False)
 
     def add(self, leg: Leg, sent: bool, text: str | bytes) -> None:
+        if self.sealed is not None:
+            return  # the probe has ended: a late line of a closing connection is not part of it
         hidden = [secret.reveal() for secret in self.hide]
         line = Line(time.monotonic() - self.started, leg.value, sent, server_text(text, LINE_LIMIT, hidden))
         if len(self.head) < HEAD_LINES:
@@ -80,17 +86,48 @@ class Transcript:
     @property
     def lines(self) -> list[Line]:
         """Every line kept, in order (the ``cut`` ones were between the head and the tail)."""
-        return [*self.head, *self.tail]
+        if self.sealed is None:
+            return [*self.head, *self.tail]
+        times, flags, texts, _ = self.sealed
+        return (
+            [
+                Line(at, _LEGS[flag >> 1], bool(flag & 1), text)
+                for at, flag, text in zip(memoryview(times).cast("d"), flags, texts.split("\n"), strict=True)
+            ]
+            if flags
+            else []
+        )
+
+    def seal(self) -> None:
+        """The probe has ended: keep its lines compactly. A task keeps two transcripts for the console
+        (the last probe's and the last failure's): ~60 lines took 16 KB as Line tuples, ~7 KB so."""
+        if self.sealed is not None:
+            return
+        lines = self.lines
+        times = struct.pack(f"{len(lines)}d", *(line.at for line in lines))
+        flags = bytes(_LEGS.index(line.leg) << 1 | line.sent for line in lines)
+        self.sealed = (times, flags, "\n".join(line.text for line in lines), len(self.head))
+        self.head, self.tail = [], deque(maxlen=TAIL_LINES)
+
+    def parts(self) -> tuple[list[Line], list[Line]]:
+        """The first lines and the last ones (the ``cut`` ones were between them)."""
+        lines = self.lines
+        head = self.sealed[3] if self.sealed is not None else len(self.head)
+        return lines[:head], lines[head:]
 
     def text(self) -> str:
         """The transcript as plain text, one line per command or reply (``/probe?debug=true``)."""
-        out = [_plain(line) for line in self.head]
+        head, tail = self.parts()
+        out = [_plain(line) for line in head]
         if self.cut:
             out.append(f"         ... {self.cut} lines not kept ...")
-        out += [_plain(line) for line in self.tail]
+        out += [_plain(line) for line in tail]
         if self.letter:
             out += ["", "Header of the probe letter sent:", *(f"  {header}" for header in self.letter)]
         return "\n".join(out) + "\n"
+
+
+_LEGS = tuple(leg.value for leg in Leg)
 
 
 def _plain(line: Line) -> str:
@@ -109,6 +146,7 @@ def recording(device: str, task: str, hide: Sequence[Secret | None] = ()) -> Ite
         yield transcript
     finally:
         _current.reset(token)
+        transcript.seal()
 
 
 def note(leg: Leg, sent: bool, text: str | bytes) -> None:

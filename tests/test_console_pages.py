@@ -261,3 +261,14 @@ async def test_overview_at_a_thousand_tasks_reuses_unchanged_rows() -> None:
         second = await (await client.get("/")).text()
     assert first.count("<tr ") == second.count("<tr ") == 1000
     assert "changed" in second and "changed" not in first
+
+
+def test_a_finished_transcript_is_kept_compactly_with_every_line() -> None:
+    with recording("d", "t") as transcript:
+        for n in range(HEAD_LINES + TAIL_LINES + 5):
+            note(Leg.SMTP if n % 2 else Leg.MAILBOX, n % 3 == 0, f"line {n}\twith  blanks")
+        during = (list(transcript.lines), transcript.text(), transcript.parts())
+    assert transcript.sealed is not None and not transcript.head and not transcript.tail
+    assert (transcript.lines, transcript.text(), transcript.parts()) == during
+    transcript.add(Leg.SMTP, False, "* BYE after the probe ended")  # a closing connection's last word
+    assert transcript.lines == during[0]

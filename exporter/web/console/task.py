@@ -185,10 +185,11 @@ def _kept_transcripts(stats: TaskStats) -> str:
 
 def _transcript(transcript: Transcript, title: str = "Transcript", open_: bool = False) -> str:
     """Every command and reply of both legs, by time; secrets were redacted when they were noted."""
-    rows = [_line(*line) for line in transcript.head]
+    head, tail = transcript.parts()
+    rows = [_line(*line) for line in head]
     if transcript.cut:
         rows.append(f'<tr><td colspan="4" class="muted">… {transcript.cut} lines not kept …</td></tr>')
-    rows += [_line(*line) for line in transcript.tail]
+    rows += [_line(*line) for line in tail]
     letter = ""
     if transcript.letter:
         headers = "\n".join(esc(header) for header in transcript.letter)
