@@ -14,7 +14,7 @@ from email.policy import compat32
 from enum import StrEnum
 
 from exporter.letter.authresults import Method, authentication_results
-from exporter.letter.fields import FIELD_LIMIT
+from exporter.letter.fields import field_values
 from exporter.letter.hops import Hop, hops, slowest, transit
 from exporter.timefmt import utc_time
 
@@ -72,26 +72,21 @@ def read_arrival(headers: bytes | None, placement: Placement, authserv_ids: Coll
     if headers is None:
         return Arrival(placement)
     letter = BytesHeaderParser(policy=compat32).parsebytes(headers[:ARRIVAL_HEADER_BYTES])
-    results = authentication_results(_values(letter, "Authentication-Results"), authserv_ids)
+    results = authentication_results(field_values(letter, "Authentication-Results"), authserv_ids)
     return Arrival(
         placement,
         authentication=tuple((method, results[method]) for method in Method if method in results),
         spam_score=spam_score(letter),
-        hops=hops(_values(letter, "Received")),
+        hops=hops(field_values(letter, "Received")),
     )
 
 
 def spam_score(letter: Message) -> float | None:
     """The score the topmost spam filter field gives (None without one)."""
     for name, pattern in _SPAM_SCORES:
-        values = _values(letter, name)
+        values = field_values(letter, name)
         match = pattern.search(values[0]) if values else None
         if match is not None:
             score = float(match.group(1))
             return score if math.isfinite(score) and abs(score) <= SPAM_SCORE_LIMIT else None
     return None
-
-
-def _values(letter: Message, name: str) -> list[str]:
-    """The field's values, topmost first, unfolded, each cut at FIELD_LIMIT."""
-    return [" ".join(str(value)[:FIELD_LIMIT].split()) for value in letter.get_all(name) or []]

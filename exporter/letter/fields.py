@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC
+from email.message import Message
 from email.utils import parsedate_to_datetime
 
 FIELD_LIMIT = 8 * 1024  # one field's value: a trace field is a few hundred bytes
@@ -85,3 +86,9 @@ def field_date(text: str) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return stamp if math.isfinite(stamp) else None
+
+
+def field_values(headers: Message, name: str) -> list[str]:
+    """Every value of field ``name``, topmost first, each cut at FIELD_LIMIT, unfolded, with runs of
+    blanks made one space."""
+    return [" ".join(str(value)[:FIELD_LIMIT].split()) for value in headers.get_all(name) or []]

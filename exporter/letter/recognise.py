@@ -12,6 +12,7 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
 
 from exporter.letter.compose import HEADER, message_id, subject
+from exporter.letter.fields import field_values
 from exporter.letter.token import Signer, Token
 from exporter.sanitise import server_text
 
@@ -90,20 +91,17 @@ def bounce_of(signer: Signer, report: Message) -> Recognised | None:
 
 
 def _own_letter(signer: Signer, headers: Message) -> Token | None:
-    markers = _values(headers, HEADER)
+    markers = field_values(headers, HEADER)
     token = signer.exact(markers[0]) if len(markers) == 1 else None
     if token is None:
         return None
-    if _values(headers, "Message-ID") != [message_id(token)] or _values(headers, "Subject") != [subject(token)]:
+    if field_values(headers, "Message-ID") != [message_id(token)] or field_values(headers, "Subject") != [
+        subject(token)
+    ]:
         return None
     if any(name in headers for name in _DERIVED) or headers.get_content_type() not in _OWN_CONTENT_TYPES:
         return None
     return token
-
-
-def _values(headers: Message, name: str) -> list[str]:
-    """Every value of header ``name``, unfolded, with runs of blanks made one space."""
-    return [" ".join(str(value).split()) for value in headers.get_all(name) or []]
 
 
 def _is_delivery_report(headers: Message) -> bool:
