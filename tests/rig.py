@@ -793,8 +793,15 @@ class MailRig:
         manager waits until something starts a new one. So: flush until no letter is in flight and
         none waits for the hold any more.
         """
+        # A letter the hold is deferring right now (active, its delivery agent at work) would outlive
+        # the queue manager the reload stops, and the next one skips it as "still being delivered" for
+        # good (seen: a held letter never delivered). So first let every such letter reach deferred.
+        self.wait_for(self._none_active, START_TIMEOUT, "held letters to reach the deferred queue")
         self._set_defer_transports("")
         self.wait_for(self._held_letters_flushed, START_TIMEOUT, "held letters to leave the deferred queue")
+
+    def _none_active(self) -> bool:
+        return not self._postfix_running or not any(entry.get("queue_name") == "active" for entry in self.queue())
 
     def _held_letters_flushed(self) -> bool:
         if not self._postfix_running:
