@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from exporter.config.model import Config, DeviceConfig, TaskConfig
 from exporter.exposition.stats import TaskInfo, TaskStats
 from exporter.legs.mailbox import FoundLetter
+from exporter.legs.outbox import Outbox
 from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun, ResolverCache
 from exporter.probe.history import DEFAULT_LIMIT, ProbeHistory
@@ -61,6 +62,7 @@ class TaskRunner:
         history = ProbeHistory(history_limit)
         self.stats = TaskStats(device.name, task.name, device.interval, task.email_timeout, info, history=history)
         self.mailbox = Mailbox(task.incoming, signer, on_late=self._late_arrival)
+        self.outbox = Outbox(task.smtp)
         self.probes: set[asyncio.Task[ProbeResult]] = set()
         self.slot: Slot | None = None  # set by the scheduler
 
@@ -87,7 +89,9 @@ class TaskRunner:
     async def _probe(self, run: DeviceRun) -> ProbeResult:
         self.stats.in_flight += 1
         try:
-            result = await run_probe(self.device, self.task, self.signer, run.resolver(self.task), self.mailbox)
+            result = await run_probe(
+                self.device, self.task, self.signer, run.resolver(self.task), self.mailbox, self.outbox
+            )
         finally:
             self.stats.in_flight -= 1
         self.stats.record(result)
@@ -114,6 +118,7 @@ class TaskRunner:
             probe.cancel()
         await asyncio.gather(*self.probes, return_exceptions=True)
         await self.mailbox.close()
+        await self.outbox.close()
 
 
 def _log_result(result: ProbeResult) -> None:

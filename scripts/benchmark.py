@@ -58,6 +58,7 @@ import yaml  # noqa: E402
 from exporter.config.load import parse_config  # noqa: E402
 from exporter.legs import imap  # noqa: E402
 from exporter.legs.mailbox import MailboxSession  # noqa: E402
+from exporter.legs.outbox import Outbox  # noqa: E402
 from exporter.letter.compose import build_letter  # noqa: E402
 from exporter.letter.token import Signer  # noqa: E402
 from exporter.net.resolve import DeviceRun, Resolve  # noqa: E402
@@ -235,6 +236,8 @@ class Stream:
 
 # Incoming options of this run's IDLE tasks (--persistent: {"persistent": True}); the polling mode keeps none.
 IDLE_OPTIONS: dict[str, Any] = {}
+# SMTP options of the same tasks (--persistent-smtp: {"persistent": True}).
+SMTP_OPTIONS: dict[str, Any] = {}
 
 
 def task_dict(rig: MailRig, user: str, name: str, poll_interval: str | None = None) -> dict[str, Any]:
@@ -259,6 +262,8 @@ def task_dict(rig: MailRig, user: str, name: str, poll_interval: str | None = No
         "password": password,
         "ca_file": ca,
     }
+    if poll_interval is None:
+        smtp.update(SMTP_OPTIONS)
     return {
         "name": name,
         "destination": addr,
@@ -284,12 +289,15 @@ async def _ours(rig: MailRig, stream: Stream, idle: bool, letters: int, watcher:
     device, task = config.tasks()[0]
     signer = Signer(secrets.token_bytes(32))
     mailbox = Mailbox(task.incoming, signer) if idle else NoIdleMailbox(task.incoming, signer)
+    outbox = Outbox(task.smtp)
     pushes = _PUSHES.setdefault(threading.get_ident(), [])
     for index in range(letters):
         pushes.clear()
-        result = await run_probe(device.name, task, signer, DeviceRun(device).resolver(task), mailbox)
+        result = await run_probe(device.name, task, signer, DeviceRun(device).resolver(task), mailbox, outbox)
         stream.samples.append(await _our_sample(result, watcher, pushes))
         _progress(stream, index)
+    await mailbox.close()
+    await outbox.close()
 
 
 async def _our_sample(result: ProbeResult, watcher: MaildirWatcher, pushes: list[float]) -> Sample:
@@ -1137,7 +1145,13 @@ def goals(streams: Sequence[Stream], results: Sequence[Scale], poll: float) -> l
     return out
 
 
-def peer_table(streams: Sequence[Stream], results: Sequence[Scale], persistent: bool) -> list[str]:
+def kept_sessions(imap: bool, smtp: bool) -> str:
+    """How the run's tables name --persistent / --persistent-smtp."""
+    kept = [name for name, on in (("IMAP", imap), ("SMTP", smtp)) if on]
+    return f", persistent {' and '.join(kept)} sessions" if kept else ""
+
+
+def peer_table(streams: Sequence[Stream], results: Sequence[Scale], kept: str) -> list[str]:
     """The exporter and cherti/mailexporter in the same windows; delivery-time error against the Maildir."""
     idle = next((s for s in streams if s.name == "ours: IDLE" and s.lags()), None)
     ours_error = (
@@ -1146,7 +1160,6 @@ def peer_table(streams: Sequence[Stream], results: Sequence[Scale], persistent: 
         if idle is not None
         else "- (no lag run)"
     )
-    kept = ", persistent" if persistent else ""
     rows = [
         "| tool | tasks | probes in the window | CPU ms/probe (of it sys) | peak RSS MB "
         "| delivery-time error p50 / p95 ms |",
@@ -1249,6 +1262,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="IDLE tasks (ours: IDLE, scale) keep their IMAP session: persistent: true, a fresh login every 10th probe",
     )
     p.add_argument(
+        "--persistent-smtp",
+        action="store_true",
+        help="the same tasks keep their SMTP session too (smtp: persistent: true, a fresh login every 10th probe)",
+    )
+    p.add_argument(
         "--no-peer",
         dest="peer",
         action="store_false",
@@ -1299,6 +1317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return scrape_load_main(args)
     if args.persistent:
         IDLE_OPTIONS["persistent"] = True
+    if args.persistent_smtp:
+        SMTP_OPTIONS["persistent"] = True
     started = time.monotonic()
     facts = machine()
     workdir = Path(tempfile.mkdtemp(prefix="mrt-bench-"))
@@ -1343,12 +1363,12 @@ def report(
         )
     if results:
         held = "delivered at once" if args.direct else "held and released at random moments"
-        kept = ", persistent IMAP sessions" if args.persistent else ""
+        kept = kept_sessions(args.persistent, args.persistent_smtp)
         print(f"\n## Scale (exporter subprocess, submission STARTTLS+AUTH, IMAPS, IDLE{kept}; mail {held})\n")
         print("\n".join(scale_table(results)))
     if any(r.peer is not None for r in results):
         print("\n## Side by side with cherti/mailexporter (same rig, same windows)\n")
-        print("\n".join(peer_table(streams, results, args.persistent)))
+        print("\n".join(peer_table(streams, results, kept_sessions(args.persistent, args.persistent_smtp))))
     problems = failures_text(streams, results)
     print("\n## Failures\n\n" + ("\n".join(f"- {line}" for line in problems) if problems else "- none"))
     verdicts = goals(streams, results, 1.0) or ["(none measured in this run)"]

@@ -11,6 +11,7 @@ import yaml
 
 from exporter.config.load import parse_config
 from exporter.config.model import Config, TaskConfig
+from exporter.legs.outbox import Outbox
 from exporter.letter.token import Signer
 from exporter.net.resolve import DeviceRun
 from exporter.probe.result import ProbeResult
@@ -124,12 +125,16 @@ SIGNER = Signer(b"tests-signing-key-0123456789abcdef")
 
 
 async def probe_once(
-    task: dict[str, Any], mailbox: Mailbox | None = None, dns: dict[str, Any] | None = None
+    task: dict[str, Any],
+    mailbox: Mailbox | None = None,
+    dns: dict[str, Any] | None = None,
+    outbox: Outbox | None = None,
 ) -> ProbeResult:
     """One round trip of a single-task config (its device's ``dns`` given), as the scheduler would run it."""
     config = config_of(task, dns=dns) if dns else config_of(task)
     device, task_config = config.tasks()[0]
-    return await run_probe(device.name, task_config, SIGNER, DeviceRun(device).resolver(task_config), mailbox)
+    resolve = DeviceRun(device).resolver(task_config)
+    return await run_probe(device.name, task_config, SIGNER, resolve, mailbox, outbox)
 
 
 class FreshUsers:

@@ -78,7 +78,7 @@ def _labels(labels: Labels) -> Tree:
 
 def _smtp(smtp: SMTPConfig) -> Tree:
     if not smtp.mx:
-        return _server(smtp) | {"helo_name": smtp.helo_name}
+        return _server(smtp) | {"helo_name": smtp.helo_name} | _keeping(smtp.persistent, smtp.fresh_login_every)
     tree: Tree = {"mx": True, "port": smtp.port, "security": smtp.security.value}
     return tree | _tls(smtp.tls) | {"helo_name": smtp.helo_name}
 
@@ -132,8 +132,12 @@ def _incoming(incoming: IncomingConfig) -> Tree:
         **({"cleanup": incoming.cleanup.value} if incoming.cleanup is not None else {}),
         **(_junk(incoming) if incoming.protocol is Protocol.IMAP else {}),
         **({"authserv_ids": list(incoming.authserv_ids)} if incoming.authserv_ids else {}),
-        **({"persistent": True, "fresh_login_every": incoming.fresh_login_every} if incoming.persistent else {}),
+        **_keeping(incoming.persistent, incoming.fresh_login_every),
     }
+
+
+def _keeping(persistent: bool, fresh_login_every: int) -> Tree:
+    return {"persistent": True, "fresh_login_every": fresh_login_every} if persistent else {}
 
 
 def _junk(incoming: IncomingConfig) -> Tree:

@@ -153,7 +153,13 @@ def _smtp(node: Node, destination: str, reading: Reading) -> SMTPConfig:
         smtp = _mx(node, destination, reading, helo_name)
     else:
         server = _server(node, "smtp", reading)
-        smtp = SMTPConfig(**{f.name: getattr(server, f.name) for f in dataclasses.fields(server)}, helo_name=helo_name)
+        persistent, every = _keeping(node)
+        smtp = SMTPConfig(
+            **{f.name: getattr(server, f.name) for f in dataclasses.fields(server)},
+            helo_name=helo_name,
+            persistent=persistent,
+            fresh_login_every=every,
+        )
     node.finish()
     return smtp
 
@@ -161,9 +167,20 @@ def _smtp(node: Node, destination: str, reading: Reading) -> SMTPConfig:
 _NOT_WITH_MX = ("host", "ssl", "user", "oauth2", "auth", *PASSWORD.sources)
 
 
+def _keeping(node: Node) -> tuple[bool, int]:
+    """``persistent`` and ``fresh_login_every`` (legs.keep), alike for both legs."""
+    persistent = node.get("persistent", as_bool, False)
+    if node.has("fresh_login_every") and not persistent:
+        raise node.error("fresh_login_every needs persistent: true", "fresh_login_every")
+    return persistent, node.get("fresh_login_every", integer(FRESH_LOGIN_EVERY_BOUNDS), DEFAULT_FRESH_LOGIN_EVERY)
+
+
 def _mx(node: Node, destination: str, reading: Reading, helo_name: str) -> SMTPConfig:
     """``mx: true``: deliver as another domain's server would, to the destination domain's MX hosts
     (RFC 5321 5.1), on port 25, with STARTTLS when offered (``may``) and no AUTH."""
+    if node.has("persistent") or node.has("fresh_login_every"):
+        key = "persistent" if node.has("persistent") else "fresh_login_every"
+        raise node.error("mx: true connects to the MX hosts anew for every letter, as a server would: remove it", key)
     for key in _NOT_WITH_MX:
         if node.has(key):
             raise node.error(f"mx: true sends to the destination domain's MX hosts, without AUTH: remove {key}", key)
@@ -186,6 +203,7 @@ def _incoming(node: Node, reading: Reading) -> IncomingConfig:
     if server.user is None or (server.password is None and server.oauth2 is None):
         raise node.error("user and a password (password, password_env or password_file) or oauth2 are required")
     mailbox = node.get("mailbox", as_mailbox, "INBOX")
+    persistent, every = _keeping(node)
     if protocol is Protocol.POP3 and mailbox != "INBOX":
         raise node.error("POP3 has only the INBOX; remove mailbox", "mailbox")
     incoming = IncomingConfig(
@@ -197,8 +215,8 @@ def _incoming(node: Node, reading: Reading) -> IncomingConfig:
         junk_folders=node.get("junk_folders", list_of(as_mailbox, MAX_NAMES), DEFAULT_JUNK_FOLDERS),
         junk_is_failure=node.get("junk_is_failure", as_bool, True),
         authserv_ids=node.get("authserv_ids", list_of(as_authserv_id, MAX_NAMES), ()),
-        persistent=node.get("persistent", as_bool, False),
-        fresh_login_every=node.get("fresh_login_every", integer(FRESH_LOGIN_EVERY_BOUNDS), DEFAULT_FRESH_LOGIN_EVERY),
+        persistent=persistent,
+        fresh_login_every=every,
     )
     if protocol is Protocol.POP3 and node.has("junk_folders") and incoming.junk_folders:
         raise node.error("POP3 sees only the INBOX, no junk folder; remove junk_folders", "junk_folders")
@@ -206,8 +224,6 @@ def _incoming(node: Node, reading: Reading) -> IncomingConfig:
         raise node.error("POP3 has no folders to move a letter to; remove cleanup", "cleanup")
     if protocol is Protocol.POP3 and incoming.persistent:
         raise node.error("POP3 cannot keep a session (it sees only mail there at login); remove it", "persistent")
-    if node.has("fresh_login_every") and not incoming.persistent:
-        raise node.error("fresh_login_every needs persistent: true", "fresh_login_every")
     node.finish()
     return incoming
 

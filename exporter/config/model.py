@@ -214,6 +214,8 @@ class SMTPConfig(ServerConfig):
 
     mx: bool = False
     helo_name: str = ""  # the EHLO name; config.load fills in the machine's FQDN
+    persistent: bool = False  # keep the authenticated session across probes (legs.outbox)
+    fresh_login_every: int = DEFAULT_FRESH_LOGIN_EVERY  # with persistent: every Nth probe connects and logs in anew
 
 
 @dataclass(frozen=True)

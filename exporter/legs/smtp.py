@@ -39,21 +39,57 @@ class Receipt:
     accepted_monotonic: float
     accepted_wall: float
     tls: TLSFacts | None
+    address: str  # the server's address that took it
 
 
-async def send_letter(
-    config: SMTPConfig,
-    connected: Connected,
-    clock: PhaseClock,
-    letter: bytes,
-    sender: str,
-    destination: str,
-    before_data: Callable[[], Awaitable[None]] | None = None,
-    credentials: Credentials | None = None,
-) -> Receipt:
-    """``before_data`` runs between RCPT and DATA, outside any phase; if it raises, the session ends
-    with QUIT instead of DATA, so no letter is sent (the mailbox login failed: nobody would take it).
-    Without ``credentials`` there is no AUTH."""
+class SmtpSession:
+    """An open SMTP session, logged in where the task says so, ready for a letter."""
+
+    def __init__(self, client: HandshakeTimedSMTP, address: str, tls: TLSFacts | None) -> None:
+        self.client = client
+        self.address = address
+        self.tls = tls
+        self._idle = True  # no transaction begun or left unfinished: another letter may follow
+
+    @property
+    def reusable(self) -> bool:
+        """Fit for another letter (persistent: true, legs.keep): connected, its last letter taken."""
+        return self._idle and self.client.is_connected
+
+    async def envelope(self, clock: PhaseClock, sender: str, destination: str) -> None:
+        """MAIL FROM and RCPT TO: the letter's transaction begins."""
+        client = self.client
+        client.timeout = clock.limit  # a kept session serves probes with clocks of their own
+        self._idle = False
+        # RET=HDRS (RFC 3461): a bounce returns only the letter's headers. They prove which letter bounced,
+        # keep the bounce small, and a filter that refused the body (a spam test) does not refuse its bounce.
+        options = ["RET=HDRS"] if client.supports_extension("dsn") else []
+        async with _phase(clock, Phase.SMTP_SUBMIT, "MAIL FROM"):
+            await client.mail(sender, options=options)
+        async with _phase(clock, Phase.SMTP_SUBMIT, "RCPT TO", accumulate=True):
+            await client.rcpt(destination)
+
+    async def hand_over(
+        self, clock: PhaseClock, letter: bytes, before_data: Callable[[], Awaitable[None]] | None = None
+    ) -> Receipt:
+        """DATA, after ``before_data``: if that raises, no letter is sent (the mailbox login failed:
+        nobody would take it), and the session is not fit for another (its transaction is open)."""
+        if before_data is not None:
+            await before_data()
+        async with _phase(clock, Phase.SMTP_SUBMIT, "DATA", accumulate=True):
+            response = await self.client.data(letter)
+        self._idle = True
+        reply = server_text(f"{response.code} {response.message}")
+        return Receipt(reply, time.monotonic(), time.time(), self.tls, self.address)
+
+    async def close(self) -> None:
+        await _quit(self.client)
+
+
+async def open_session(
+    config: SMTPConfig, connected: Connected, clock: PhaseClock, credentials: Credentials | None = None
+) -> SmtpSession:
+    """Greeting, EHLO, TLS as configured and, with ``credentials``, AUTH."""
     client = HandshakeTimedSMTP(
         hostname=config.host,
         sock=connected.sock,
@@ -68,13 +104,12 @@ async def send_letter(
         if credentials is not None:
             async with _phase(clock, Phase.SMTP_AUTH, "AUTH"):
                 await _authenticate(client, credentials, config)
-        tls = tls_facts(client.get_transport_info("ssl_object"))
-        reply = await _submit(client, clock, letter, sender, destination, before_data)
-        return Receipt(reply, time.monotonic(), time.time(), tls)
-    finally:
+    except BaseException:
         await _quit(client)
         if client.connected_at is None:
             connected.sock.close()  # no transport took the socket over: it is still ours to close
+        raise
+    return SmtpSession(client, connected.address, tls_facts(client.get_transport_info("ssl_object")))
 
 
 async def _open(client: HandshakeTimedSMTP, config: SMTPConfig, clock: PhaseClock) -> None:
@@ -140,28 +175,6 @@ async def _bearer(client: aiosmtplib.SMTP, credentials: Credentials, offered: li
     credentials.rejected()
     said = f" ({sasl.describe_challenge(challenge)})" if challenge is not None else ""
     raise AuthFailure(f"server rejected the token{said}: {server_text(f'{reply.code} {reply.message}')}")
-
-
-async def _submit(
-    client: aiosmtplib.SMTP,
-    clock: PhaseClock,
-    letter: bytes,
-    sender: str,
-    destination: str,
-    before_data: Callable[[], Awaitable[None]] | None,
-) -> str:
-    # RET=HDRS (RFC 3461): a bounce returns only the letter's headers. They prove which letter bounced,
-    # keep the bounce small, and a filter that refused the body (a spam test) does not refuse its bounce.
-    options = ["RET=HDRS"] if client.supports_extension("dsn") else []
-    async with _phase(clock, Phase.SMTP_SUBMIT, "MAIL FROM"):
-        await client.mail(sender, options=options)
-    async with _phase(clock, Phase.SMTP_SUBMIT, "RCPT TO", accumulate=True):
-        await client.rcpt(destination)
-    if before_data is not None:
-        await before_data()
-    async with _phase(clock, Phase.SMTP_SUBMIT, "DATA", accumulate=True):
-        response = await client.data(letter)
-    return server_text(f"{response.code} {response.message}")
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

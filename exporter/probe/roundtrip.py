@@ -16,6 +16,7 @@ from exporter.auth.credentials import obtain
 from exporter.config.model import TaskConfig
 from exporter.legs import smtp
 from exporter.legs.mailbox import MailboxSession
+from exporter.legs.outbox import Outbox
 from exporter.letter.arrival import Placement
 from exporter.letter.compose import build_letter
 from exporter.letter.token import Signer, Token
@@ -32,18 +33,25 @@ log = logging.getLogger(__name__)
 
 
 async def run_probe(
-    device: str, task: TaskConfig, signer: Signer, resolve: Resolve, mailbox: Mailbox | None = None
+    device: str,
+    task: TaskConfig,
+    signer: Signer,
+    resolve: Resolve,
+    mailbox: Mailbox | None = None,
+    outbox: Outbox | None = None,
 ) -> ProbeResult:
-    """Never raises (but for cancellation): every failure becomes the result's reason."""
+    """Never raises (but for cancellation): every failure becomes the result's reason. ``mailbox`` and
+    ``outbox`` are the task's, kept across probes; without them (--once) nothing is kept after it."""
     token = signer.new_token()
     result = ProbeResult(device=device, task=task.name, token=token.value, started=time.time())
     clock = PhaseClock(task.completion_timeout)
-    own_mailbox = mailbox is None  # a one-off probe (--once): nothing is kept after it
+    own_mailbox, own_outbox = mailbox is None, outbox is None
     mailbox = mailbox or Mailbox(task.incoming, signer)
+    outbox = outbox or Outbox(task.smtp)
     secrets = (task.smtp.password, task.incoming.server.password)
     try:
         with recording(device, task.name, hide=secrets) as result.transcript:
-            await _round_trip(device, task, token, clock, resolve, mailbox, result)
+            await _round_trip(device, task, token, clock, resolve, (mailbox, outbox), result)
         result.success = True
     except ProbeError as exc:
         result.reason, result.error, result.failed_phase = exc.reason, str(exc), exc.phase
@@ -60,6 +68,8 @@ async def run_probe(
     finally:
         if own_mailbox:
             await mailbox.close()
+        if own_outbox:
+            await outbox.close()
         result.phases = dict(clock.durations)
         result.spans = clock.spans
         result.finished = time.time()
@@ -72,14 +82,15 @@ async def _round_trip(
     token: Token,
     clock: PhaseClock,
     resolve: Resolve,
-    mailbox: Mailbox,
+    kept: tuple[Mailbox, Outbox],
     result: ProbeResult,
 ) -> None:
+    mailbox, outbox = kept
     # The mailbox is opened while SMTP connects, and DATA waits for it: a mailbox that cannot be
     # opened gets no letter (nobody would take it out again).
     early = asyncio.ensure_future(_prepare_mailbox(clock, resolve, mailbox, result))
     try:
-        receipt = await _send(device, task, token, clock, resolve, result, lambda: _opened(early))
+        receipt = await _send(device, task, token, clock, resolve, outbox, result, lambda: _opened(early))
         session = await early
     except BaseException:
         await _close_early(early)
@@ -139,22 +150,25 @@ async def _send(
     token: Token,
     clock: PhaseClock,
     resolve: Resolve,
+    outbox: Outbox,
     result: ProbeResult,
     before_data: Callable[[], Awaitable[None]],
 ) -> smtp.Receipt:
-    credentials = await obtain(task.smtp, clock, Leg.SMTP)
-    config = task.smtp
-    if config.mx:  # the host that answered is the one TLS verifies
-        host, connected = await dial_mx(clock, resolve, result.smtp, config.host, config.port)
-        config = dataclasses.replace(config, host=host)
-    else:
-        connected = await dial(clock, resolve, Leg.SMTP, result.smtp, config.host, config.port)
+    async def fresh() -> smtp.SmtpSession:
+        credentials = await obtain(task.smtp, clock, Leg.SMTP)
+        config = task.smtp
+        if config.mx:  # the host that answered is the one TLS verifies
+            host, connected = await dial_mx(clock, resolve, result.smtp, config.host, config.port)
+            config = dataclasses.replace(config, host=host)
+        else:
+            connected = await dial(clock, resolve, Leg.SMTP, result.smtp, config.host, config.port)
+        return await smtp.open_session(config, connected, clock, credentials)
+
     letter = build_letter(token, task.sender, task.destination, device, task.name, task.spam_test)
     note_letter(letter)
-    receipt = await smtp.send_letter(
-        config, connected, clock, letter, task.sender, task.destination, before_data, credentials
-    )
+    receipt = await outbox.send(clock, letter, task.sender, task.destination, fresh, before_data)
     result.smtp_reply = receipt.reply
+    result.smtp.address = receipt.address  # a kept session did not dial
     result.smtp.tls = receipt.tls
     result.accepted_wall = receipt.accepted_wall
     result.accepted_offset = receipt.accepted_monotonic - clock.origin
