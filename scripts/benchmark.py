@@ -1326,6 +1326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"detection lag: {args.letters} letters per mode ...", file=sys.stderr, flush=True)
         streams, watcher = run_lag(rig, args.letters, args.sequential) if args.letters > 0 else ([], None)
         users = rig.add_users(f"bench{i:04d}" for i in range(max(args.scale, default=0)))
+        if args.persistent_smtp:
+            # Each kept SMTP session holds a Postfix smtpd process between probes: with the default
+            # limit of 100 a service, 100 kept sessions would leave none for the peer's letters.
+            rig.set_postfix({"default_process_limit": str(2 * max(args.scale, default=0) + 100)})
         side = side_by_side(rig, max(args.scale, default=0)) if args.peer and args.scale else None
         results = []
         for n in args.scale:

@@ -155,14 +155,15 @@ class Traffic:
     to_client: int = 0
 
 
-def proxy(host: str, port: int, traffic: Traffic | None = None) -> Handler:
-    """Pass the connection through to ``host:port`` byte for byte, both ways, until either side hangs up."""
+def proxy(host: str, port: int, traffic: Traffic | None = None, trickle: bool = False) -> Handler:
+    """Pass the connection through to ``host:port`` byte for byte, both ways, until either side hangs up;
+    ``trickle``: what the server says goes to the client one byte per write."""
 
     async def handler(peer: Peer) -> None:
         reader, writer = await asyncio.open_connection(host, port)
         pumps = {
             asyncio.ensure_future(_pump(peer.reader, writer)),
-            asyncio.ensure_future(_pump(reader, peer.writer, traffic)),
+            asyncio.ensure_future(_pump(reader, peer.writer, traffic, 1 if trickle else 65536)),
         }
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -175,13 +176,16 @@ def proxy(host: str, port: int, traffic: Traffic | None = None) -> Handler:
     return handler
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, traffic: Traffic | None = None) -> None:
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, traffic: Traffic | None = None, size: int = 65536
+) -> None:
     with contextlib.suppress(*_HANGUPS):
         while data := await reader.read(65536):
             if traffic is not None:
                 traffic.to_client += len(data)
-            writer.write(data)
-            await writer.drain()
+            for start in range(0, len(data), size):
+                writer.write(data[start : start + size])
+                await writer.drain()
 
 
 class Switch:

@@ -110,6 +110,7 @@ def smtp_server(
     actions: dict[bytes, Action],
     banner: bytes = b"220 hostile.test ESMTP\r\n",
     data_reply: bytes = b"250 2.0.0 Ok: queued as HOSTILE\r\n",
+    ehlo: bytes = SMTP_REPLIES[b"EHLO"],
 ) -> Handler:
     """An SMTP server that answers like a real one, except for the commands in ``actions``."""
 
@@ -129,9 +130,14 @@ def smtp_server(
                     pass
                 await peer.send(data_reply)
                 continue
-            await peer.send(SMTP_REPLIES.get(verb, b"502 5.5.2 Error: command not recognized\r\n"))
+            reply = ehlo if verb == b"EHLO" else SMTP_REPLIES.get(verb, b"502 5.5.2 Error: command not recognized\r\n")
+            await peer.send(reply)
 
     return handler
+
+
+# A server that offers PIPELINING (RFC 2920): the probe sends MAIL FROM and RCPT TO in one write.
+PIPELINING = b"250-hostile.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 
 
 IMAP_UNTAGGED = {
@@ -275,6 +281,38 @@ FAULTS = [
         "smtp_submit",
     ),
     Fault(
+        "smtp-pipelined-rcpt-550",
+        "smtp-plain",
+        smtp_server({b"RCPT": replies(b"550 5.1.1 No such user\r\n", listens)}, ehlo=PIPELINING),
+        Reason.SMTP_REJECTED,
+        "550 5.1.1 No such user",
+        "smtp_submit",
+    ),
+    Fault(
+        "smtp-pipelined-mail-553",
+        "smtp-plain",
+        smtp_server({b"MAIL": replies(b"553 5.7.1 Sender refused\r\n", reads_a_line)}, ehlo=PIPELINING),
+        Reason.SMTP_REJECTED,
+        "553 5.7.1 Sender refused",
+        "smtp_submit",
+    ),
+    Fault(
+        "smtp-pipelined-drop",
+        "smtp-plain",
+        smtp_server({b"MAIL": replies(b"250 2.1.0 Ok\r\n", reads_a_line)}, ehlo=PIPELINING),
+        Reason.PROTOCOL,
+        f"{CLOSED} MAIL FROM and RCPT TO",
+        "smtp_submit",
+    ),
+    Fault(
+        "smtp-pipelined-garbage",
+        "smtp-plain",
+        smtp_server({b"RCPT": replies(b"xyz not a reply\r\n", listens)}, ehlo=PIPELINING),
+        Reason.PROTOCOL,
+        "Malformed SMTP response line: xyz",
+        "smtp_submit",
+    ),
+    Fault(
         "smtp-starttls-454",
         "smtp-starttls",
         smtp_server({b"STARTTLS": replies(b"454 4.7.0 TLS not available\r\n", listens)}),
@@ -360,6 +398,22 @@ FAULTS = [
         completion="2s",
     ),
 ]
+
+
+async def test_pipelined_replies_arriving_byte_by_byte(rig: MailRig, fresh_user: str) -> None:
+    """Postfix offers PIPELINING: MAIL FROM and RCPT TO go out in one write, and their replies are
+    read whole however they come in (here a byte per TCP write, through a proxy)."""
+    async with serve(proxy("127.0.0.1", rig.ports.smtp, trickle=True)) as server:
+        task = task_dict(rig, fresh_user, smtp="smtp-plain", mailbox="imaps", name="trickle")
+        task["smtp"]["host"] = f"127.0.0.1:{server.port}"
+        result = await probe(task)
+    assert result.success, result.error
+    assert result.transcript is not None
+    smtp = [(line.sent, line.text) for line in result.transcript.lines if line.leg == "smtp"]
+    start = next(i for i, (sent, text) in enumerate(smtp) if sent and text.startswith("MAIL FROM"))
+    said = smtp[start : start + 4]
+    assert [sent for sent, _ in said] == [True, True, False, False], said
+    assert said[1][1].startswith("RCPT TO") and said[2][1].startswith("250") and said[3][1].startswith("250")
 
 
 def fault_task(rig: MailRig, user: str, fault: Fault, port: int) -> dict[str, Any]:

@@ -185,11 +185,14 @@ class ImapSession:
                 await move_to_trash(client, uid_set, mailbox, trash)
                 self._home = home  # move_to_trash selected ``mailbox`` again
                 return
-        self._checked("UID STORE", await client.uid_store(uid_set, r"(\Deleted)"))
         # Without UIDPLUS a plain EXPUNGE would also remove letters someone else marked \Deleted:
         # we leave ours flagged rather than touch anything that is not provably ours.
-        if "UIDPLUS" in client.capabilities:
-            self._checked("UID EXPUNGE", await client.uid_expunge(uid_set))
+        if "UIDPLUS" not in client.capabilities:
+            self._checked("UID STORE", await client.uid_store(uid_set, r"(\Deleted)"))
+            return
+        stored, expunged = await client.store_and_expunge(uid_set, r"(\Deleted)")
+        self._checked("UID STORE", stored)
+        self._checked("UID EXPUNGE", expunged)
 
     async def header_block(self, letter: FoundLetter) -> bytes | None:
         if letter.placement is Placement.INBOX:
@@ -246,10 +249,12 @@ class ImapSession:
         client = self._client
         # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail,
         # unless the server has just announced some (IDLE's EXISTS): then its view has it already.
-        if not client.new_mail:
-            self._checked("NOOP", await client.noop())
-        client.new_mail = False  # what was announced, this search sees; later news it may miss
-        reply = self._checked("UID SEARCH", await client.uid_search(criteria))
+        if client.new_mail:
+            client.new_mail = False  # what was announced, this search sees; later news it may miss
+            reply = await client.uid_search(criteria)
+        else:
+            reply = await client.noop_and_search(criteria)
+        self._checked("UID SEARCH", reply)
         uids = {int(word) for line in reply.lines[:-1] for word in line.split() if word.isdigit()}
         return [str(uid) for uid in sorted(uids)]
 

@@ -64,6 +64,10 @@ class SmtpSession:
         # RET=HDRS (RFC 3461): a bounce returns only the letter's headers. They prove which letter bounced,
         # keep the bounce small, and a filter that refused the body (a spam test) does not refuse its bounce.
         options = ["RET=HDRS"] if client.supports_extension("dsn") else []
+        if client.supports_extension("pipelining"):
+            async with _phase(clock, Phase.SMTP_SUBMIT, "MAIL FROM and RCPT TO"):
+                await client.envelope(sender, destination, options)
+            return
         async with _phase(clock, Phase.SMTP_SUBMIT, "MAIL FROM"):
             await client.mail(sender, options=options)
         async with _phase(clock, Phase.SMTP_SUBMIT, "RCPT TO", accumulate=True):
