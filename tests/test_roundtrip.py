@@ -55,6 +55,23 @@ async def test_each_smtp_mode(rig: MailRig, user: str, smtp: str) -> None:
     assert leftover_probe_letters(rig, user) == []
 
 
+async def test_imap_commands_of_a_probe(rig: MailRig, user: str) -> None:
+    """The round trips an IMAP probe makes on Dovecot: NOOP goes out with each search that follows no
+    push, the one new letter is fetched once with its whole header block (which also gives its
+    arrival), and UID STORE goes out with UID EXPUNGE."""
+    result = await probe_once(task_dict(rig, user, mailbox="imaps"))
+    assert result.success, result.error
+    assert result.arrival is not None and result.arrival.hops  # read from the block the FETCH brought
+    assert result.transcript is not None
+    lines = [(line.sent, line.text.partition(" ")[2]) for line in result.transcript.lines if line.leg == "mailbox"]
+    sent = [text for was_sent, text in lines if was_sent]
+    fetches = [text for text in sent if text.startswith("UID FETCH")]
+    assert len(fetches) == 1 and "BODY.PEEK[HEADER]<0.65536>" in fetches[0], fetches
+    for first, second in (("NOOP", "UID SEARCH"), ("UID STORE", "UID EXPUNGE")):
+        at = next(i for i, (was_sent, text) in enumerate(lines) if was_sent and text.startswith(first))
+        assert lines[at + 1][0] and lines[at + 1][1].startswith(second), lines[at : at + 2]
+
+
 @pytest.mark.parametrize("mailbox", list(MAILBOX_LEGS))
 async def test_each_mailbox_mode(rig: MailRig, user: str, mailbox: str) -> None:
     result = await probe_once(task_dict(rig, user, mailbox=mailbox))

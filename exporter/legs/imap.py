@@ -39,6 +39,9 @@ HEADER_BYTES = 4096
 _FIELDS = " ".join(RECOGNISED_FIELDS).upper()
 _FETCH_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({_FIELDS})]<0.{HEADER_BYTES}>)"
 _HEADER_ITEMS = f"(UID BODY.PEEK[HEADER]<0.{ARRIVAL_HEADER_BYTES}>)"
+# One new letter (after IDLE's push, usually the probe's own): its whole header block at once, which
+# recognises it and is what its arrival is read from; a FETCH less per probe.
+_ONE_LETTER_ITEMS = f"(UID INTERNALDATE BODY.PEEK[HEADER]<0.{ARRIVAL_HEADER_BYTES}>)"
 _BOUNCE_ITEMS = f"(UID INTERNALDATE BODY.PEEK[]<0.{BOUNCE_BYTES}>)"  # a bounce's returned headers are in its body
 # The sweep looks for letters that carry our own header with a token in it (and bounces that quote
 # one), not at Subjects: a sender can put "mrt-" into any number of Subjects.
@@ -76,8 +79,10 @@ class ImapSession:
         self._junk: JunkMemo | None = None  # the junk folder this session last searched
         self._junk_validity: str | None = None  # and its UIDVALIDITY then (the memo's may be newer)
         self._home = True  # the configured mailbox is selected
+        self._block: tuple[LetterMemo, str, bytes] | None = None  # a letter of ours' header block, read whole
 
     async def find(self, tokens: Collection[str], sweep_before: float | None = None) -> list[FoundLetter]:
+        self._block = None  # a block read by an earlier look is not wanted any more
         # Polls search for the awaited tokens only; a sweep for every letter carrying our header.
         if sweep_before is not None:
             criteria = _SWEEP_CRITERIA
@@ -141,16 +146,20 @@ class ImapSession:
 
     async def _fetch(self, uids: list[str], memo: LetterMemo) -> list[FoundLetter]:
         """The letters of ours among ``uids``; what each one is, the memo keeps (see LetterMemo)."""
-        reply = self._checked("UID FETCH", await self._client.uid_fetch(",".join(uids), _FETCH_ITEMS))
+        whole = len(uids) == 1
+        items, cap = (_ONE_LETTER_ITEMS, ARRIVAL_HEADER_BYTES) if whole else (_FETCH_ITEMS, HEADER_BYTES)
+        reply = self._checked("UID FETCH", await self._client.uid_fetch(",".join(uids), items))
         fetched = dict(fetch_responses(reply))
         reports = [uid for uid, (line, headers) in fetched.items() if is_delivery_report(headers)]
         bounces = await self._bounces(reports) if reports else {}
         letters = []
         for uid, (line, headers) in fetched.items():
-            ours = bounces.get(uid) if uid in reports else self._recognise(headers)
+            ours = bounces.get(uid) if uid in reports else self._recognise(headers, cap)
             memo.remember(uid, ours)
             if ours is not None:
                 letters.append(FoundLetter(ours.token, uid, internaldate(line), ours.bounce))
+                if whole and not ours.bounce:
+                    self._block = (memo, uid, headers)
         return letters
 
     async def _bounces(self, uids: list[str]) -> dict[str, Recognised | None]:
@@ -158,8 +167,8 @@ class ImapSession:
         reply = self._checked("UID FETCH", await self._client.uid_fetch(",".join(uids), _BOUNCE_ITEMS))
         return {uid: recognise(self._signer, body) for uid, (_, body) in fetch_responses(reply)}
 
-    def _recognise(self, headers: bytes) -> Recognised | None:
-        if len(headers) >= HEADER_BYTES:
+    def _recognise(self, headers: bytes, cap: int) -> Recognised | None:
+        if len(headers) >= cap:
             return None  # cut off at the cap: too big to be ours
         return recognise(self._signer, headers)
 
@@ -195,6 +204,10 @@ class ImapSession:
         self._checked("UID EXPUNGE", expunged)
 
     async def header_block(self, letter: FoundLetter) -> bytes | None:
+        memo = self._memo if letter.placement is Placement.INBOX else self._junk.letters if self._junk else None
+        block, self._block = self._block, None
+        if block is not None and block[0] is memo and block[1] == letter.ref:
+            return block[2]  # read whole when it was recognised
         if letter.placement is Placement.INBOX:
             return await self._header_block(letter.ref)
         if self._junk is None:
