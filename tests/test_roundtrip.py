@@ -56,9 +56,8 @@ async def test_each_smtp_mode(rig: MailRig, user: str, smtp: str) -> None:
 
 
 async def test_imap_commands_of_a_probe(rig: MailRig, user: str) -> None:
-    """The round trips an IMAP probe makes on Dovecot: NOOP goes out with each search that follows no
-    push, the one new letter is fetched once with its whole header block (which also gives its
-    arrival), and UID STORE goes out with UID EXPUNGE."""
+    """The one new letter is fetched once, with its whole header block (which also gives its
+    arrival); commands that depend on the one before wait for its reply (RFC 3501 5.5)."""
     result = await probe_once(task_dict(rig, user, mailbox="imaps"))
     assert result.success, result.error
     assert result.arrival is not None and result.arrival.hops  # read from the block the FETCH brought
@@ -69,7 +68,9 @@ async def test_imap_commands_of_a_probe(rig: MailRig, user: str) -> None:
     assert len(fetches) == 1 and "BODY.PEEK[HEADER]<0.65536>" in fetches[0], fetches
     for first, second in (("NOOP", "UID SEARCH"), ("UID STORE", "UID EXPUNGE")):
         at = next(i for i, (was_sent, text) in enumerate(lines) if was_sent and text.startswith(first))
-        assert lines[at + 1][0] and lines[at + 1][1].startswith(second), lines[at : at + 2]
+        after = next(j for j in range(at + 1, len(lines)) if lines[j][0])  # the next command sent
+        assert lines[after][1].startswith(second), lines[at : after + 1]
+        assert any(not was_sent and text.startswith("OK") for was_sent, text in lines[at + 1 : after])
 
 
 @pytest.mark.parametrize("mailbox", list(MAILBOX_LEGS))

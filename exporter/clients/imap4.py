@@ -297,33 +297,6 @@ class Imap4Client(aioimaplib.IMAP4):  # type: ignore[misc]
         """No CHARSET (Exchange and Yahoo reject "CHARSET utf-8")."""
         return await self._reply("UID SEARCH", self.protocol.search(*criteria, charset=None, by_uid=True))
 
-    async def noop_and_search(self, criteria: list[str]) -> Reply:
-        """NOOP, then UID SEARCH, sent back to back (RFC 3501 5.5): one round trip instead of two.
-        The server runs them in order, so the search sees what the NOOP made it look at: news that
-        came with the NOOP's reply is forgotten (``new_mail``), later news is kept."""
-        noop, search = await self._back_to_back(self._noop_forgetting_news(), self.uid_search(criteria))
-        noop.require("NOOP")
-        return search
-
-    async def _noop_forgetting_news(self) -> Reply:
-        reply = await self.noop()
-        self.new_mail = False
-        return reply
-
-    async def store_and_expunge(self, uid_set: str, flags: str) -> tuple[Reply, Reply]:
-        """UID STORE, then UID EXPUNGE of the same UIDs (UIDPLUS: the caller checks), back to back.
-        Run in order by the server; were they not, the letters would only stay flagged, never more
-        than these UIDs removed."""
-        return await self._back_to_back(self.uid_store(uid_set, flags), self.uid_expunge(uid_set))
-
-    async def _back_to_back(self, first: Awaitable[Reply], second: Awaitable[Reply]) -> tuple[Reply, Reply]:
-        # gather starts its tasks in order, and each writes its command at its first step.
-        replies = await asyncio.gather(first, second, return_exceptions=True)
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
-        return replies[0], replies[1]  # type: ignore[return-value]
-
     async def uid_fetch(self, uid_set: str, items: str) -> Reply:
         return await self._reply("UID FETCH", self.protocol.fetch(uid_set, items, by_uid=True))
 

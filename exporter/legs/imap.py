@@ -194,14 +194,12 @@ class ImapSession:
                 await move_to_trash(client, uid_set, mailbox, trash)
                 self._home = home  # move_to_trash selected ``mailbox`` again
                 return
+        self._checked("UID STORE", await client.uid_store(uid_set, r"(\Deleted)"))
         # Without UIDPLUS a plain EXPUNGE would also remove letters someone else marked \Deleted:
-        # we leave ours flagged rather than touch anything that is not provably ours.
-        if "UIDPLUS" not in client.capabilities:
-            self._checked("UID STORE", await client.uid_store(uid_set, r"(\Deleted)"))
-            return
-        stored, expunged = await client.store_and_expunge(uid_set, r"(\Deleted)")
-        self._checked("UID STORE", stored)
-        self._checked("UID EXPUNGE", expunged)
+        # we leave ours flagged rather than touch anything that is not provably ours. (Not sent with
+        # the STORE: it depends on it, RFC 3501 5.5.)
+        if "UIDPLUS" in client.capabilities:
+            self._checked("UID EXPUNGE", await client.uid_expunge(uid_set))
 
     async def header_block(self, letter: FoundLetter) -> bytes | None:
         memo = self._memo if letter.placement is Placement.INBOX else self._junk.letters if self._junk else None
@@ -262,12 +260,12 @@ class ImapSession:
         client = self._client
         # Dovecot answers a SEARCH from its view before the command: NOOP first makes it see new mail,
         # unless the server has just announced some (IDLE's EXISTS): then its view has it already.
-        if client.new_mail:
-            client.new_mail = False  # what was announced, this search sees; later news it may miss
-            reply = await client.uid_search(criteria)
-        else:
-            reply = await client.noop_and_search(criteria)
-        self._checked("UID SEARCH", reply)
+        # Not sent back to back with the SEARCH: the search depends on the NOOP (RFC 3501 5.5), and
+        # Dovecot, given both at once, searched its view from before the NOOP (polling p50 lag +0.9 s).
+        if not client.new_mail:
+            self._checked("NOOP", await client.noop())
+        client.new_mail = False  # what was announced, this search sees; later news it may miss
+        reply = self._checked("UID SEARCH", await client.uid_search(criteria))
         uids = {int(word) for line in reply.lines[:-1] for word in line.split() if word.isdigit()}
         return [str(uid) for uid in sorted(uids)]
 
