@@ -155,6 +155,7 @@ class HandshakeTimedSMTP(aiosmtplib.SMTP):
                 return replies.received, _lost(lost)
             finally:
                 del protocol.data_received  # aiosmtplib's own again
+                protocol._buffer.clear()  # bytes past the replies are no reply to the next command
                 replies.done.cancel()
 
     async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
