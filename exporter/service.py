@@ -16,7 +16,7 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from exporter.config.load import describe_failure, load_config
 from exporter.config.model import Config
-from exporter.exposition.render import SelfCollector, render_tasks
+from exporter.exposition.render import Exposition, SelfCollector
 from exporter.exposition.stats import ReloadStatus, TaskStats
 from exporter.letter.token import Signer
 from exporter.probe.history import DEFAULT_LIMIT as DEFAULT_HISTORY_LIMIT
@@ -64,10 +64,10 @@ class Exporter:
         self._signal_reloads: set[asyncio.Task[str | None]] = set()  # held: the loop keeps only weak references
         self.stopping = asyncio.Event()
 
-    def render_metrics(self, stats: list[TaskStats], openmetrics: bool) -> bytes:
+    def render_metrics(self, stats: list[TaskStats], openmetrics: bool) -> Exposition:
         """The whole scrape: task metrics rendered directly, then the registry's (ending in # EOF for OpenMetrics)."""
         registry: bytes = (openmetrics_exposition if openmetrics else text_exposition).generate_latest(self.registry)
-        return render_tasks(stats, openmetrics).encode() + registry
+        return Exposition.of(stats, openmetrics, registry)
 
     async def start(self) -> None:
         await self.scheduler.apply(self.shard.select(self.config))

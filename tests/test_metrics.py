@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import time
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.exposition.render import render_tasks
+from exporter.exposition.render import Exposition, render_tasks
 from exporter.exposition.stats import TaskStats
 from exporter.probe.errors import Reason
 from exporter.probe.phases import Phase
 from exporter.probe.result import LegResult, ProbeResult
+from exporter.web.scrape import _Rendered
 
 
 def stats() -> list[TaskStats]:
@@ -93,3 +95,13 @@ def test_thousand_tasks_render() -> None:
         f"first render {cold * 1000:.0f} ms, unchanged tasks {warm * 1000:.1f} ms"
     )
     assert sum(1 for _ in parse_text(body)) > 10
+
+
+def test_a_shared_render_gives_the_same_text_plain_and_compressed() -> None:
+    """/metrics compresses the exposition a family at a time, never as one string: the compressed
+    answer must still be the plain one, byte for byte (the registry's text last)."""
+    both = stats()
+    rendered = _Rendered((), 0.0, Exposition.of(both, False, b"# registry\n"))
+    plain = rendered.body(gzip=False)
+    assert plain == render_tasks(both, openmetrics=False).encode() + b"# registry\n"
+    assert gzip.decompress(rendered.body(gzip=True)) == plain

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from zlib_ng import zlib_ng
 
+from exporter.exposition.render import Exposition
 from exporter.service import Exporter
 from exporter.web.pace import Turns
 
@@ -30,16 +31,23 @@ WAITING = 256
 
 @dataclass
 class _Rendered:
+    """A render shared by the scrapes of SHARE_SECONDS: each form made when first asked for."""
+
     key: tuple[object, ...]
     at: float
-    body: bytes
+    exposition: Exposition
+    plain: bytes | None = None
     gzipped: bytes | None = None
 
-    def compressed(self) -> bytes:
-        if self.gzipped is None:
-            compressor = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, 16 + zlib_ng.MAX_WBITS)  # 16+: gzip
-            self.gzipped = compressor.compress(self.body) + compressor.flush()
-        return self.gzipped
+    def body(self, gzip: bool) -> bytes:
+        if gzip:
+            if self.gzipped is None:
+                compressor = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, 16 + zlib_ng.MAX_WBITS)  # 16+: gzip
+                self.gzipped = b"".join([*map(compressor.compress, self.exposition.parts()), compressor.flush()])
+            return self.gzipped
+        if self.plain is None:
+            self.plain = b"".join(self.exposition.parts())
+        return self.plain
 
 
 class ScrapeGate:
@@ -60,7 +68,7 @@ class ScrapeGate:
     ) -> web.StreamResponse:
         async with self._turns.turn():
             rendered = self._rendered(openmetrics)
-            response = web.Response(body=rendered.compressed() if gzip else rendered.body)
+            response = web.Response(body=rendered.body(gzip))
             response.headers["Content-Type"] = content_type
             if gzip:
                 response.headers["Content-Encoding"] = "gzip"
@@ -77,7 +85,7 @@ class ScrapeGate:
         if latest is None or latest.key != key or now - latest.at >= SHARE_SECONDS:
             # On the loop: each task's text is cached until it changes, so 1,000 tasks render in a few
             # milliseconds (a worker thread would cost a malloc arena of its own, ~20 MB at 1,000 tasks).
-            body = exporter.render_metrics(list(exporter.scheduler.stats()), openmetrics)
-            latest = self._latest[openmetrics] = _Rendered(key, now, body)
+            exposition = exporter.render_metrics(list(exporter.scheduler.stats()), openmetrics)
+            latest = self._latest[openmetrics] = _Rendered(key, now, exposition)
             self.renders += 1
         return latest
