@@ -38,6 +38,7 @@ from exporter.web import scrape as scrape_gate
 from tests.hostile import HostileServer, Peer, proxy, serve, tarpit
 from tests.rig import MailRig
 from tests.tasks import SIGNER, config_of, probe_once, task_dict
+from tests.test_faults import until
 
 USER = "measure-a"
 REPO = Path(__file__).resolve().parent.parent
@@ -268,6 +269,23 @@ async def test_a_reload_that_changes_tasks_keeps_the_others_schedule(
 
 
 # --- 5b: scrapes cannot swamp the probes ---------------------------------------------------------
+
+
+async def test_a_render_is_let_go_once_it_can_no_longer_be_shared(
+    rig: MailRig, user: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Between scrapes the gate holds no body: at 1,000 tasks it would hold 6.5 MB and old texts."""
+    monkeypatch.setattr(scrape_gate, "SHARE_SECONDS", 0.05)
+    exporter = Exporter(tmp_path / "config.yml", four_tasks(rig, user), SIGNER)  # not started: no probes
+    client = TestClient(TestServer(web.make_app(exporter)))
+    await client.start_server()
+    try:
+        async with client.get("/metrics") as response:
+            assert response.status == 200 and b"mail_roundtrip_task_info" in await response.read()
+        gate = client.app[web.GATE_KEY]
+        await until(lambda: not gate.holds_render, "the shared render to be let go", within_seconds=30)
+    finally:
+        await client.close()
 
 
 async def test_concurrent_scrapes_share_one_render(

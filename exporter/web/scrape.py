@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -63,6 +64,11 @@ class ScrapeGate:
     def full(self) -> bool:
         return self._turns.full
 
+    @property
+    def holds_render(self) -> bool:
+        """Is a render kept for scrapes to share? (for tests)"""
+        return bool(self._latest)
+
     async def serve(
         self, request: web.Request, openmetrics: bool, content_type: str, gzip: bool = False
     ) -> web.StreamResponse:
@@ -88,4 +94,12 @@ class ScrapeGate:
             exposition = exporter.render_metrics(list(exporter.scheduler.stats()), openmetrics)
             latest = self._latest[openmetrics] = _Rendered(key, now, exposition)
             self.renders += 1
+            # Let it go once it can no longer be shared: Prometheus asks again only in 15-60 s, and
+            # meanwhile it would hold the tasks' texts of its time (7 MB at 1,000 tasks, besides the
+            # tasks' newer ones) and a plain body once one was asked for (6.5 MB).
+            asyncio.get_running_loop().call_later(SHARE_SECONDS, self._forget, openmetrics, latest)
         return latest
+
+    def _forget(self, openmetrics: bool, rendered: _Rendered) -> None:
+        if self._latest.get(openmetrics) is rendered:
+            del self._latest[openmetrics]
